@@ -1,0 +1,304 @@
+"""Layouts of the true centers, their scaling to a separation, and sampling.
+
+A layout fixes the shape of the k true centers in R^d; ``layout_centers``
+scales that shape so that the minimum pairwise distance between centers equals
+the requested separation (in units of sigma = 1). ``sample_mixture`` draws a
+data set from the uniform mixture of unit-variance spherical Gaussians around
+given centers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import pdist
+
+from pmstudy.errors import SpecError
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS: tuple[str, ...] = ("simplex", "line", "points")
+
+# A shape whose largest pairwise distance exceeds its smallest by more than this
+# factor would put centers so far apart at any useful separation that the
+# coordinates lose all precision; such explicit points are refused.
+_MAX_DISTANCE_RATIO = 1e8
+
+
+# --------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------
+
+
+def _check_dims(k: Any, d: Any) -> tuple[int, int]:
+    """Check that k and d are integers >= 1 and return them as ints."""
+    for field, value in (("k", k), ("d", d)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise SpecError(field, value, "an integer >= 1")
+    return int(k), int(d)
+
+
+def _check_separation(separation: Any) -> float:
+    """Check that the separation is a finite number > 0."""
+    if (
+        isinstance(separation, bool)
+        or not isinstance(separation, Real)
+        or not math.isfinite(separation)
+        or separation <= 0
+    ):
+        raise SpecError("separation", separation, "a finite number > 0")
+    return float(separation)
+
+
+def _check_no_params(name: str, params: Mapping[str, Any]) -> dict:
+    """Refuse any parameter for a layout that takes none."""
+    for key, value in params.items():
+        raise SpecError(
+            f"layout.{key}", value, f"absent: layout {name!r} takes no parameters"
+        )
+    return {}
+
+
+def _check_known_params(
+    name: str, params: Mapping[str, Any], known: tuple[str, ...]
+) -> None:
+    """Refuse parameters that the layout does not know."""
+    for key, value in params.items():
+        if key not in known:
+            valid = ", ".join(repr(p) for p in known)
+            raise SpecError(
+                f"layout.{key}",
+                value,
+                f"a parameter of layout {name!r}: one of {valid}",
+            )
+
+
+# --------------------------------------------------------------------------
+# layouts: each returns an unscaled shape (k, d) with distinct rows
+# --------------------------------------------------------------------------
+
+
+def _check_simplex(k: int, d: int, params: Mapping[str, Any]) -> dict:
+    if d < k - 1:
+        raise SpecError(
+            "layout.name",
+            "simplex",
+            f"a layout that fits in d = {d}: a regular simplex of k = {k} centers "
+            f"needs d >= k - 1 = {k - 1} (use 'line', 'random' or 'points')",
+        )
+    return _check_no_params("simplex", params)
+
+
+def _shape_simplex(
+    k: int, d: int, params: dict, rng: np.random.Generator
+) -> np.ndarray:
+    """Vertices of a regular simplex in the first k - 1 coordinates.
+
+    The Helmert basis of the sum-zero subspace of R^k gives the coordinates:
+    row j (j = 1..k-1) is (1, ..., 1, -j, 0, ..., 0) / sqrt(j (j + 1)) with j
+    ones. Its columns are the standard basis vectors of R^k minus their
+    centroid, written in an orthonormal basis, so all pairwise distances are
+    sqrt(2) and the centroid is the origin.
+    """
+    helmert = np.zeros((k - 1, k))
+    for j in range(1, k):
+        helmert[j - 1, :j] = 1.0
+        helmert[j - 1, j] = -float(j)
+        helmert[j - 1] /= math.sqrt(j * (j + 1))
+    shape = np.zeros((k, d))
+    shape[:, : k - 1] = helmert.T
+    return shape
+
+
+def _check_line(k: int, d: int, params: Mapping[str, Any]) -> dict:
+    return _check_no_params("line", params)
+
+
+def _shape_line(k: int, d: int, params: dict, rng: np.random.Generator) -> np.ndarray:
+    """k equally spaced centers on the first axis, centered at the origin."""
+    shape = np.zeros((k, d))
+    shape[:, 0] = np.arange(k) - (k - 1) / 2.0
+    return shape
+
+
+def _check_points(k: int, d: int, params: Mapping[str, Any]) -> dict:
+    _check_known_params("points", params, ("centers",))
+    if "centers" not in params:
+        raise SpecError(
+            "layout.centers", None, f"a list of k = {k} lists of d = {d} numbers"
+        )
+    raw = params["centers"]
+    expected = f"a list of k = {k} lists of d = {d} finite numbers"
+    try:
+        points = np.array(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecError("layout.centers", raw, expected) from None
+    if points.shape != (k, d) or _has_non_number(raw):
+        raise SpecError("layout.centers", raw, expected)
+    if not np.all(np.isfinite(points)):
+        raise SpecError("layout.centers", raw, expected)
+    if k > 1:
+        scale = float(np.max(np.abs(points)))
+        # Normalize first so that distances of huge coordinates do not overflow.
+        distances = pdist(points / scale) if scale > 0 else np.zeros(1)
+        if np.min(distances) == 0.0:
+            raise SpecError(
+                "layout.centers", raw, f"{k} distinct points (found duplicates)"
+            )
+        ratio = np.max(distances) / np.min(distances)
+        if ratio > _MAX_DISTANCE_RATIO:
+            raise SpecError(
+                "layout.centers",
+                raw,
+                f"points whose largest pairwise distance is at most "
+                f"{_MAX_DISTANCE_RATIO:.0e} times the smallest (got {ratio:.3g})",
+            )
+    return {"centers": points.tolist()}
+
+
+def _has_non_number(raw: Any) -> bool:
+    """True if a nested list holds anything other than real numbers (bools, strings)."""
+    if isinstance(raw, (list, tuple, np.ndarray)):
+        return any(_has_non_number(item) for item in raw)
+    return isinstance(raw, (bool, np.bool_)) or not isinstance(raw, Real)
+
+
+def _shape_points(k: int, d: int, params: dict, rng: np.random.Generator) -> np.ndarray:
+    """The given coordinates; scaling about the origin keeps their shape and ratios."""
+    points = np.array(params["centers"], dtype=np.float64)
+    return points / np.max(np.abs(points))
+
+
+_Check = Callable[[int, int, Mapping[str, Any]], dict]
+_Shape = Callable[[int, int, dict, np.random.Generator], np.ndarray]
+
+_REGISTRY: dict[str, tuple[_Check, _Shape]] = {
+    "simplex": (_check_simplex, _shape_simplex),
+    "line": (_check_line, _shape_line),
+    "points": (_check_points, _shape_points),
+}
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+
+
+def check_layout(name: str, k: int, d: int, params: Mapping[str, Any]) -> dict:
+    """Validate a layout against k and d and return its normalized parameters.
+
+    Parameters
+    ----------
+    name : str
+        One of ``LAYOUTS``.
+    k : int
+        Number of centers, >= 1.
+    d : int
+        Dimension, >= 1.
+    params : Mapping
+        The layout's parameters, as given in the study spec.
+
+    Returns
+    -------
+    dict
+        The parameters with defaults filled in, in plain Python types.
+
+    Raises
+    ------
+    SpecError
+        With field ``"layout.name"`` for an unknown layout or one that does not
+        fit k and d, and ``"layout.<param>"`` for a bad parameter.
+    """
+    if name not in _REGISTRY:
+        valid = ", ".join(repr(n) for n in LAYOUTS)
+        raise SpecError("layout.name", name, f"one of {valid}")
+    k, d = _check_dims(k, d)
+    if not isinstance(params, Mapping):
+        raise SpecError("layout", params, "a table of layout parameters")
+    check, _ = _REGISTRY[name]
+    return check(k, d, params)
+
+
+def layout_centers(
+    name: str,
+    k: int,
+    d: int,
+    separation: float,
+    params: Mapping[str, Any],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """True centers of a layout, scaled so that their minimum distance is `separation`.
+
+    Parameters
+    ----------
+    name : str
+        One of ``LAYOUTS``.
+    k, d : int
+        Number of centers and dimension.
+    separation : float
+        The minimum pairwise distance between the returned centers, > 0.
+    params : Mapping
+        The layout's parameters (validated here by ``check_layout``).
+    rng : numpy.random.Generator
+        Used only by random layouts. Passing a generator seeded the same way
+        for every separation gives the same shape at every separation.
+
+    Returns
+    -------
+    numpy.ndarray
+        (k, d) float64 centers. Their minimum pairwise distance equals
+        `separation` up to rounding; k = 1 gives one center at the origin.
+    """
+    normalized = check_layout(name, k, d, params)
+    k, d = int(k), int(d)
+    separation = _check_separation(separation)
+    if k == 1:
+        return np.zeros((1, d))
+
+    _, shape_of = _REGISTRY[name]
+    shape = shape_of(k, d, normalized, rng)
+    # Rescale by the measured minimum distance rather than a formula, so that
+    # every layout meets the separation to rounding whatever its construction.
+    minimum = float(np.min(pdist(shape)))
+    return np.ascontiguousarray(shape * (separation / minimum), dtype=np.float64)
+
+
+def sample_mixture(centers: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw m points from the uniform mixture of N(center, I) around `centers`.
+
+    The draws happen in a fixed order so that a seed reproduces the data:
+    first the m component labels, ``rng.integers(0, k, size=m)``, uniform on
+    the k components; then the noise, ``rng.standard_normal((m, d))``. The
+    point t is ``centers[label_t] + noise_t``.
+
+    Parameters
+    ----------
+    centers : numpy.ndarray
+        (k, d) finite true centers.
+    m : int
+        Number of points, >= 1.
+    rng : numpy.random.Generator
+        The only source of randomness.
+
+    Returns
+    -------
+    numpy.ndarray
+        (m, d) float64 sample.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    if centers.ndim != 2 or centers.shape[0] < 1 or centers.shape[1] < 1:
+        raise SpecError("centers", centers.shape, "a (k, d) array with k, d >= 1")
+    if not np.all(np.isfinite(centers)):
+        raise SpecError("centers", "non-finite values", "finite coordinates")
+    if isinstance(m, bool) or not isinstance(m, Integral) or m < 1:
+        raise SpecError("m", m, "an integer >= 1")
+    k, d = centers.shape
+
+    labels = rng.integers(0, k, size=int(m))
+    noise = rng.standard_normal((int(m), d))
+    return centers[labels] + noise

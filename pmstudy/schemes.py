@@ -1,0 +1,395 @@
+"""Initialization schemes behind one registry.
+
+A scheme maps a data set x (m, d) to k initial centers (k, d). Each scheme
+declares its parameters once (type, default, valid range), its function and a
+sentence on its infinite-sample analog: what it becomes when run on an
+unlimited sample of the true mixture. For m = inf the study runs the scheme
+on a large proxy sample, so the analog says what that proxy approximates.
+
+Every scheme draws its randomness from the generator passed in, in a fixed
+order, so that the same seed gives the same centers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.cluster import kmeans_plusplus
+
+from pmstudy.errors import SpecError
+
+logger = logging.getLogger(__name__)
+
+# Data beyond this magnitude would overflow squared distances (and sklearn's
+# distance computations) to inf; such data are refused rather than silently
+# turned into NaN centers.
+_MAX_ABS_COORDINATE = 1e100
+
+
+# --------------------------------------------------------------------------
+# parameter declarations
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Param:
+    """One declared scheme parameter.
+
+    ``default`` is a value or a function of (k, d). Bounds are inclusive
+    unless ``low_open`` is set.
+    """
+
+    kind: type
+    default: Any
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def expected(self) -> str:
+        """What a valid value looks like, for error messages."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        noun = "an integer" if self.kind is int else "a finite number"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"<= {self.high:g}")
+        return noun + (" " + " and ".join(parts) if parts else "")
+
+    def check(self, field_name: str, value: Any) -> Any:
+        """Return `value` converted to the declared type, or raise SpecError."""
+        if self.choices is not None:
+            if value not in self.choices:
+                raise SpecError(field_name, value, self.expected())
+            return value
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise SpecError(field_name, value, self.expected())
+        if self.kind is int:
+            if not isinstance(value, Integral):
+                raise SpecError(field_name, value, self.expected())
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise SpecError(field_name, value, self.expected())
+        too_low = self.low is not None and (
+            value <= self.low if self.low_open else value < self.low
+        )
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            raise SpecError(field_name, value, self.expected())
+        return value
+
+
+_InitFn = Callable[[np.ndarray, int, np.random.Generator, np.ndarray, dict], np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    """A registered scheme: its function, its analog, its parameters."""
+
+    init: _InitFn
+    analog: str
+    params: dict[str, _Param] = field(default_factory=dict)
+    # Cross-checks of the normalized params against k and d, if any.
+    check_extra: Callable[[str, dict, int, int], None] | None = None
+
+
+# --------------------------------------------------------------------------
+# helpers shared by the schemes
+# --------------------------------------------------------------------------
+
+
+def _sklearn_seed(rng: np.random.Generator) -> int:
+    """An integer seed for scikit-learn's RandomState, drawn from rng."""
+    return int(rng.integers(0, 2**32 - 1))
+
+
+def _first_distinct(x: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
+    """Positions in `order` of the first occurrence of each distinct row.
+
+    Walks ``x[order]`` and returns the sorted positions (into `order`) where a
+    row value appears for the first time, stopping once n are found. Prefixes
+    grow geometrically, so data with many distinct values cost O(n) rows.
+    """
+    m = order.size
+    size = min(m, max(4 * n, 16))
+    while True:
+        # Adding 0.0 maps -0.0 to 0.0, so equal coordinates compare equal.
+        _, first = np.unique(x[order[:size]] + 0.0, axis=0, return_index=True)
+        if first.size >= n or size == m:
+            break
+        size = min(m, 4 * size)
+    first.sort()
+    return first[:n]
+
+
+def _has_distinct(x: np.ndarray, n: int) -> bool:
+    """True if x holds at least n distinct rows."""
+    return _first_distinct(x, np.arange(x.shape[0]), n).size >= n
+
+
+def _distinct_indices(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n distinct indices into x, with distinct values where possible.
+
+    Walks a uniformly random permutation of the indices and keeps each index
+    whose value differs from all values kept so far: with continuous data
+    this is n indices uniformly without replacement. If x has fewer than n
+    distinct values, all of them are kept and the rest of the n indices are
+    the next unused ones in the permutation (their values repeat; indices
+    never do). Needs n <= m. Consumes one ``rng.permutation(m)``.
+    """
+    m = x.shape[0]
+    order = rng.permutation(m)
+    positions = _first_distinct(x, order, n)
+    if positions.size < n:
+        logger.debug("only %d distinct data values for %d centers", positions.size, n)
+        unused = np.ones(m, dtype=bool)
+        unused[positions] = False
+        fill = np.flatnonzero(unused)[: n - positions.size]
+        positions = np.concatenate([positions, fill])
+    return order[positions]
+
+
+# --------------------------------------------------------------------------
+# the simple schemes
+# --------------------------------------------------------------------------
+
+
+def _forgy(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """Forgy: k distinct data points chosen uniformly at random.
+
+    Indices are always distinct, and so are the values whenever the data hold
+    at least k distinct values. With fewer distinct values, every distinct
+    value is used once and the remaining centers repeat values (from distinct
+    indices); repeated initial centers stay tied under EM, which is the
+    defined outcome for such data.
+
+    Infinite-sample analog: k independent draws from the true mixture.
+    """
+    return x[_distinct_indices(x, k, rng)].copy()
+
+
+def _kmeans_plusplus(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii, 2007) by scikit-learn.
+
+    Calls ``sklearn.cluster.kmeans_plusplus`` (greedy, 2 + ln k local trials)
+    with an integer seed drawn from rng, on data centered at their mean so
+    that squared distances do not lose precision to a large offset; the
+    chosen data points themselves are returned. If the data hold fewer than k
+    distinct values the D^2 weights all vanish once every value is chosen;
+    the result is then Forgy's (every distinct value, then repeats), with the
+    generator continued after the seed draw.
+
+    Infinite-sample analog: D^2 sampling from the true mixture (first center
+    a draw from it, each next one a draw from the mixture density reweighted
+    by the squared distance to the nearest chosen center, best of the local
+    trials by the population k-means cost).
+    """
+    seed = _sklearn_seed(rng)
+    if not _has_distinct(x, k):
+        return _forgy(x, k, rng, centers_true, params)
+    centered = x - x.mean(axis=0)
+    _, indices = kmeans_plusplus(centered, n_clusters=k, random_state=seed)
+    return x[indices].copy()
+
+
+def _uniform_box(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """k points uniform in the bounding box of the data.
+
+    Draws one ``rng.random((k, d))`` block U and returns lo * (1 - U) + hi * U
+    with lo, hi the coordinate-wise data minimum and maximum (this form cannot
+    overflow). A coordinate in which the data are constant gives the box zero
+    width there, and every center takes that constant; if all data points are
+    equal, all centers equal that point.
+
+    Infinite-sample analog: none in the limit, since the bounding box of an
+    unlimited sample grows without bound (like sqrt(2 ln m) per coordinate);
+    at m = inf the scheme uses the box of the proxy sample, so its analog
+    depends on the proxy sample's size.
+    """
+    low = x.min(axis=0)
+    high = x.max(axis=0)
+    u = rng.random((k, x.shape[1]))
+    return low * (1.0 - u) + high * u
+
+
+_REGISTRY: dict[str, _Scheme] = {
+    "forgy": _Scheme(
+        init=_forgy,
+        analog="k independent draws from the true mixture.",
+    ),
+    "kmeans++": _Scheme(
+        init=_kmeans_plusplus,
+        analog=(
+            "D^2 sampling from the true mixture: a first draw from it, each next "
+            "center drawn from the mixture density reweighted by the squared "
+            "distance to the nearest chosen center."
+        ),
+    ),
+    "uniform-box": _Scheme(
+        init=_uniform_box,
+        analog=(
+            "None in the limit, as an unlimited sample's bounding box grows like "
+            "sqrt(2 ln m) per coordinate; at m = inf it is uniform in the box of "
+            "the proxy sample, so it depends on the proxy size."
+        ),
+    ),
+}
+
+SCHEMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+# --------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> _Scheme:
+    if name not in _REGISTRY:
+        valid = ", ".join(repr(n) for n in SCHEMES)
+        raise SpecError("schemes", name, f"one of {valid}")
+    return _REGISTRY[name]
+
+
+def check_scheme(name: str, params: Mapping[str, Any], *, k: int, d: int) -> dict:
+    """Validate a scheme and its parameters; return them with defaults filled in.
+
+    Parameters
+    ----------
+    name : str
+        One of ``SCHEMES``.
+    params : Mapping
+        The scheme's parameters as given in the study spec.
+    k, d : int
+        Number of centers and dimension of the study.
+
+    Returns
+    -------
+    dict
+        Every parameter of the scheme, given or defaulted, in plain types.
+
+    Raises
+    ------
+    SpecError
+        Field ``"schemes"`` for an unknown name, ``"schemes.<name>.<param>"``
+        for an unknown or invalid parameter.
+    """
+    scheme = _check_name(name)
+    if not isinstance(params, Mapping):
+        raise SpecError(f"schemes.{name}", params, "a table of scheme parameters")
+    for key, value in params.items():
+        if key not in scheme.params:
+            known = ", ".join(repr(p) for p in scheme.params)
+            expected = (
+                f"a parameter of {name!r}: one of {known}"
+                if known
+                else f"absent: scheme {name!r} takes no parameters"
+            )
+            raise SpecError(f"schemes.{name}.{key}", value, expected)
+
+    normalized = {}
+    for key, declared in scheme.params.items():
+        if key in params:
+            normalized[key] = declared.check(f"schemes.{name}.{key}", params[key])
+        else:
+            default = declared.default
+            normalized[key] = default(k, d) if callable(default) else default
+    if scheme.check_extra is not None:
+        scheme.check_extra(name, normalized, k, d)
+    return normalized
+
+
+def initial_centers(
+    name: str,
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    centers_true: np.ndarray,
+    params: Mapping[str, Any],
+) -> np.ndarray:
+    """Initial centers of one scheme on one data set.
+
+    Parameters
+    ----------
+    name : str
+        One of ``SCHEMES``.
+    x : numpy.ndarray
+        (m, d) data, m >= k; for m = inf, a proxy sample of the true mixture.
+    k : int
+        Number of centers, >= 1.
+    rng : numpy.random.Generator
+        The only source of randomness.
+    centers_true : numpy.ndarray
+        (k, d) true centers; only schemes built on the truth read them.
+    params : Mapping
+        The scheme's parameters (validated here by ``check_scheme``).
+
+    Returns
+    -------
+    numpy.ndarray
+        (k, d) finite float64 initial centers.
+    """
+    scheme = _check_name(name)
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+        raise SpecError("k", k, "an integer >= 1")
+    k = int(k)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise SpecError("x", x.shape, "an (m, d) data array with d >= 1")
+    m, d = x.shape
+    if m < k:
+        raise SpecError("m", m, f"at least k = {k} data points")
+    if not np.all(np.isfinite(x)):
+        raise SpecError("x", "non-finite values", "finite data")
+    largest = float(np.max(np.abs(x)))
+    if largest > _MAX_ABS_COORDINATE:
+        raise SpecError(
+            "x",
+            f"coordinates up to {largest:.3g}",
+            f"data with coordinates below {_MAX_ABS_COORDINATE:.0e} in absolute value",
+        )
+    centers_true = np.asarray(centers_true, dtype=np.float64)
+    if centers_true.shape != (k, d):
+        raise SpecError("centers_true", centers_true.shape, f"shape ({k}, {d})")
+    normalized = check_scheme(name, params, k=k, d=d)
+
+    centers = np.asarray(scheme.init(x, k, rng, centers_true, normalized), np.float64)
+    if centers.shape != (k, d) or not np.all(np.isfinite(centers)):
+        # A scheme that breaks this contract is a bug in pmstudy, not bad input.
+        raise RuntimeError(
+            f"scheme {name!r} returned bad centers of shape {centers.shape}"
+        )
+    return centers
+
+
+def scheme_analog(name: str) -> str:
+    """One sentence: what the scheme becomes on an unlimited sample."""
+    return _check_name(name).analog
