@@ -1,0 +1,191 @@
+"""The ``pmstudy`` command: run a study, report it, benchmark the EM kernel.
+
+Bad input exits with status 2 and one line that names the field, the value and
+what is valid; nothing is created or written before the spec has been validated.
+The command owns printing and the progress bar; the library only logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pmstudy import __version__
+from pmstudy.errors import SpecError
+
+logger = logging.getLogger("pmstudy")
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"should be an integer >= 1, but got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be an integer >= 1, but got {text!r}")
+    return value
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise a log line every tenth of the work."""
+
+    def __init__(self) -> None:
+        self._bar = None
+        self._last_decile = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(
+                    total=total, initial=done, unit="block", file=sys.stderr
+                )
+            else:
+                self._bar.update(done - self._bar.n)
+            return
+        decile = (10 * done) // max(total, 1)
+        if decile != self._last_decile:
+            self._last_decile = decile
+            logger.info(
+                "progress: %d of %d blocks (%d%%)",
+                done,
+                total,
+                100 * done // max(total, 1),
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pmstudy.run import run_study
+    from pmstudy.study import load_spec
+
+    study = load_spec(args.spec)
+    progress = _Progress()
+    try:
+        summary = run_study(
+            study,
+            args.store,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            scheduler_file=args.scheduler_file,
+            on_progress=progress,
+        )
+    finally:
+        progress.close()
+    print(
+        f"{summary.store}: {summary.tasks_run} block(s) run, "
+        f"{summary.tasks_skipped} already done, in {summary.seconds:.1f} s"
+    )
+    if args.report:
+        return _cmd_report(
+            argparse.Namespace(
+                store=summary.store, format="table", interval="wilson", alpha=0.05
+            )
+        )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pmstudy.analysis import cell_rows
+    from pmstudy.report import format_rows
+    from pmstudy.store import open_store
+
+    if not 0 < args.alpha < 1:
+        raise SpecError("--alpha", args.alpha, "a number strictly between 0 and 1")
+    with open_store(args.store) as ds:
+        rows = cell_rows(ds, method=args.interval, alpha=args.alpha)
+    level = f"{100 * (1 - args.alpha):g}%"
+    name = {"wilson": "Wilson", "clopper-pearson": "Clopper-Pearson"}[args.interval]
+    sys.stdout.write(format_rows(rows, args.format, interval_name=f"{name} {level}"))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pmstudy.bench import format_bench, run_bench
+
+    result = run_bench(quick=args.quick, repeats=args.repeats)
+    sys.stdout.write(format_bench(result, args.format))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pmstudy",
+        description="Monte Carlo study of P_m, the probability that EM reaches the "
+        "global maximum of a Gaussian mixture likelihood.",
+    )
+    parser.add_argument("--version", action="version", version=f"pmstudy {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a study (or resume it) into its store")
+    run.add_argument("spec", help="study spec (TOML)")
+    run.add_argument("--store", help="store path or URL (default: the spec's `store`)")
+    run.add_argument(
+        "--workers", type=_positive_int, help="local worker processes (default: cores)"
+    )
+    where = run.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="an existing Dask scheduler"
+    )
+    where.add_argument("--scheduler-file", metavar="FILE", help="a Dask scheduler file")
+    run.add_argument("--report", action="store_true", help="print the report when done")
+    run.set_defaults(handler=_cmd_run)
+
+    report = commands.add_parser("report", help="P_m per cell with intervals")
+    report.add_argument("store", help="store path or URL")
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.add_argument(
+        "--interval", choices=("wilson", "clopper-pearson"), default="wilson"
+    )
+    report.add_argument(
+        "--alpha", type=float, default=0.05, help="1 - confidence level"
+    )
+    report.set_defaults(handler=_cmd_report)
+
+    bench = commands.add_parser("bench", help="EM kernel speed against scikit-learn")
+    bench.add_argument("--format", choices=("table", "json"), default="table")
+    bench.add_argument("--quick", action="store_true", help="small workloads (~30 s)")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats")
+    bench.set_defaults(handler=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pmstudy`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    # distributed logs a great deal at INFO, in this process and in every worker
+    # it spawns; its configuration is read from the environment at import, so set
+    # it before anything imports distributed. Its warnings still show.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args)
+    except SpecError as error:
+        print(f"pmstudy: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "pmstudy: interrupted; what was written is kept, rerun to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
