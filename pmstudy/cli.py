@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
+
+import numpy as np
 
 from pmstudy import __version__
 from pmstudy.errors import SpecError
@@ -119,6 +122,67 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_landscape(args: argparse.Namespace) -> int:
+    from pmstudy import landscape
+    from pmstudy.landscape_cli import census_inits, format_census, parse_centers
+    from pmstudy.schemes import SCHEMES, check_scheme
+
+    if (args.spec is None) == (args.centers is None):
+        raise SpecError("landscape", args.spec or args.centers, "a SPEC or --centers")
+    if args.separation is not None and not (
+        math.isfinite(args.separation) and args.separation > 0
+    ):
+        raise SpecError("--separation", args.separation, "a finite number > 0")
+    if args.spec is not None:
+        from pmstudy.store import true_centers
+        from pmstudy.study import load_spec
+
+        study = load_spec(args.spec)
+        separation = args.separation
+        if separation is None:
+            if len(study.separations) > 1:
+                raise SpecError(
+                    "--separation", None, f"one of {list(study.separations)}"
+                )
+            separation = study.separations[0]
+        centers_true = true_centers(study, separation)
+        specs = [(s.label, s.name, s.params) for s in study.schemes]
+        seed = study.seed if args.seed is None else args.seed
+    else:
+        centers_true = parse_centers(args.centers)
+        separation = 0.0
+        if args.separation is not None:
+            gaps = np.linalg.norm(centers_true[:, None] - centers_true[None], axis=-1)
+            if len(centers_true) > 1:
+                centers_true *= args.separation / gaps[gaps > 0].min()
+            separation = args.separation
+        specs = []
+        seed = 0 if args.seed is None else args.seed
+    k, d = centers_true.shape
+    if args.scheme:
+        specs = []
+        for name in args.scheme:
+            if name not in SCHEMES:
+                raise SpecError("--scheme", name, f"one of {list(SCHEMES)}")
+            specs.append((name, name, check_scheme(name, {}, k=k, d=d)))
+    if not specs:
+        specs = [("forgy", "forgy", check_scheme("forgy", {}, k=k, d=d))]
+    if args.proxy_size <= k:
+        raise SpecError("--proxy-size", args.proxy_size, f"an integer > k = {k}")
+
+    inits = census_inits(
+        centers_true,
+        specs,
+        n_inits=args.inits,
+        seed=seed,
+        separation=separation,
+        proxy_size=args.proxy_size,
+    )
+    result = landscape.census(centers_true, inits, max_iter=args.max_iter, tol=args.tol)
+    sys.stdout.write(format_census(result, args.format))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pmstudy",
@@ -159,12 +223,55 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small workloads (~30 s)")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats")
     bench.set_defaults(handler=_cmd_bench)
+
+    land = commands.add_parser(
+        "landscape",
+        help="census of population critical points reached from each scheme",
+    )
+    land.add_argument("spec", nargs="?", help="study spec (TOML) giving the truth")
+    land.add_argument(
+        "--centers", help='true centers as "x,y;x,y;..." (instead of a SPEC)'
+    )
+    land.add_argument("--separation", type=float, help="scale to this separation")
+    land.add_argument(
+        "--scheme", action="append", metavar="NAME", help="a scheme (repeatable)"
+    )
+    land.add_argument(
+        "--inits", type=_positive_int, default=20, help="starts per scheme"
+    )
+    land.add_argument("--seed", type=int, help="seed of the starts (default: spec's)")
+    land.add_argument(
+        "--proxy-size", type=_positive_int, default=10000, help="proxy sample size"
+    )
+    land.add_argument("--max-iter", type=_positive_int, default=20000)
+    land.add_argument("--tol", type=float, default=1e-8)
+    land.add_argument("--format", choices=("table", "json"), default="table")
+    land.set_defaults(handler=_cmd_landscape)
     return parser
+
+
+def _glue_values(argv: list[str]) -> list[str]:
+    """Join ``--centers VALUE`` into ``--centers=VALUE``.
+
+    argparse takes a value that starts with "-" for an option of its own, so
+    ``--centers "-3;3;12"`` would fail as a user types it.
+    """
+    out: list[str] = []
+    glue = False
+    for arg in argv:
+        if glue:
+            out[-1] += "=" + arg
+            glue = False
+            continue
+        out.append(arg)
+        glue = arg == "--centers"
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pmstudy`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(_glue_values(argv))
     # distributed logs a great deal at INFO, in this process and in every worker
     # it spawns; its configuration is read from the environment at import, so set
     # it before anything imports distributed. Its warnings still show.
