@@ -9,6 +9,7 @@ given centers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -22,12 +23,30 @@ from pmstudy.errors import SpecError
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS: tuple[str, ...] = ("simplex", "line", "points")
+LAYOUTS: tuple[str, ...] = (
+    "simplex",
+    "line",
+    "points",
+    "random",
+    "close-pair",
+    "dataset",
+)
 
 # A shape whose largest pairwise distance exceeds its smallest by more than this
 # factor would put centers so far apart at any useful separation that the
 # coordinates lose all precision; such explicit points are refused.
 _MAX_DISTANCE_RATIO = 1e8
+
+# Draws of the random layout that fail the same ratio are redrawn (in the
+# generator's order, so reproducibly); this many failures in a row is refused.
+_MAX_RANDOM_ATTEMPTS = 1000
+
+# Eigenvalues of the pooled within-class covariance below this fraction of the
+# largest one are treated as exact zeros (constant pixels in digits give
+# 1e-17; the smallest genuine ones of iris, wine and digits are above 1e-7).
+_NULL_EIGENVALUE = 1e-10
+
+DATASETS: tuple[str, ...] = ("iris", "wine", "digits")
 
 
 # --------------------------------------------------------------------------
@@ -174,6 +193,162 @@ def _shape_points(k: int, d: int, params: dict, rng: np.random.Generator) -> np.
     return points / np.max(np.abs(points))
 
 
+def _check_random(k: int, d: int, params: Mapping[str, Any]) -> dict:
+    _check_known_params("random", params, ("kind",))
+    kind = params.get("kind", "sphere" if d >= 2 else "gaussian")
+    if kind not in ("sphere", "gaussian"):
+        raise SpecError("layout.kind", kind, "one of 'sphere', 'gaussian'")
+    if kind == "sphere" and d < 2 and k > 1:
+        raise SpecError(
+            "layout.kind",
+            kind,
+            "'gaussian' when d = 1 (the unit sphere of R^1 has only two points)",
+        )
+    return {"kind": kind}
+
+
+def _shape_random(k: int, d: int, params: dict, rng: np.random.Generator) -> np.ndarray:
+    """k random points: uniform on the unit sphere, or standard normal in R^d.
+
+    ``kind = "sphere"`` (the default for d >= 2) draws k independent uniformly
+    random directions; ``kind = "gaussian"`` (the default for d = 1) draws k
+    independent N(0, I_d) points. Each attempt consumes one
+    ``rng.standard_normal((k, d))`` block; an attempt whose largest pairwise
+    distance exceeds the smallest by more than 1e8 (probability near zero) is
+    redrawn, so the shape is a function of the generator's state alone.
+    """
+    for _ in range(_MAX_RANDOM_ATTEMPTS):
+        shape = rng.standard_normal((k, d))
+        if params["kind"] == "sphere":
+            norms = np.linalg.norm(shape, axis=1, keepdims=True)
+            if np.any(norms == 0.0):
+                continue
+            shape = shape / norms
+        distances = pdist(shape)
+        if np.min(distances) > 0 and np.max(distances) <= _MAX_DISTANCE_RATIO * np.min(
+            distances
+        ):
+            return shape
+    raise SpecError(
+        "layout.kind",
+        params["kind"],
+        f"a random layout that yields distinct centers within "
+        f"{_MAX_RANDOM_ATTEMPTS} draws",
+    )
+
+
+def _check_close_pair(k: int, d: int, params: Mapping[str, Any]) -> dict:
+    _check_known_params("close-pair", params, ("ratio",))
+    ratio = params.get("ratio", 5.0)
+    # The farthest center sits about (k - 2) * ratio from the pair.
+    upper = _MAX_DISTANCE_RATIO / max(k - 2, 1)
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, Real)
+        or not math.isfinite(ratio)
+        or not 1.0 <= ratio <= upper
+    ):
+        raise SpecError(
+            "layout.ratio",
+            ratio,
+            f"a number from 1 to {upper:.3g} (the far center's distance to the "
+            "pair, in units of the separation)",
+        )
+    return {"ratio": float(ratio)}
+
+
+def _shape_close_pair(
+    k: int, d: int, params: dict, rng: np.random.Generator
+) -> np.ndarray:
+    """A close pair and far centers, all on the first axis.
+
+    The pair sits at -1/2 and 1/2 (distance 1, the separation after scaling);
+    the far center sits at 1/2 + ratio, so its distance to the nearer member
+    of the pair is ``ratio`` times the separation (ratio >= 1 keeps the pair
+    the closest). This is the configuration (two close true centers and a
+    far one) of the NeurIPS 2016 counterexample of Jin, Zhang, Balakrishnan,
+    Wainwright and Jordan, in which the population likelihood has a bad local
+    maximum. For k > 3 the further k - 3 far centers continue the line at the
+    same spacing: 1/2 + j * ratio for j = 1, ..., k - 2. For k = 2 only the
+    pair remains. Works in any d >= 1.
+    """
+    ratio = params["ratio"]
+    shape = np.zeros((k, d))
+    shape[0, 0] = -0.5
+    shape[1, 0] = 0.5
+    shape[2:, 0] = 0.5 + ratio * np.arange(1, k - 1)
+    return shape
+
+
+def _check_dataset(k: int, d: int, params: Mapping[str, Any]) -> dict:
+    _check_known_params("dataset", params, ("name",))
+    name = params.get("name")
+    valid = ", ".join(repr(n) for n in DATASETS)
+    if name not in DATASETS:
+        raise SpecError("layout.name", name, f"one of {valid} for layout 'dataset'")
+    means = _whitened_class_means(name)
+    n_classes, n_features = means.shape
+    if (k, d) != (n_classes, n_features):
+        raise SpecError(
+            "layout.name",
+            name,
+            f"a data set with k = {k} classes and d = {d} features; {name!r} has "
+            f"k = {n_classes} and d = {n_features}",
+        )
+    return {"name": name}
+
+
+@functools.cache
+def _whitened_class_means(name: str) -> np.ndarray:
+    """Class means of a scikit-learn data set in whitened coordinates, (k, d).
+
+    Whitening uses the pooled within-class covariance
+    S = sum_c sum_{x in c} (x - mean_c)(x - mean_c)^T / (n - k), so that the
+    within-class scatter becomes the identity and a unit-variance spherical
+    model fits. Where S is singular (digits has pixels that are 0 in every
+    image) the symmetric pseudo-inverse square root is used:
+    S^{+1/2} = V diag(lambda^{-1/2}) V^T over the eigenvalues lambda above
+    1e-10 times the largest. Directions with no within-class variance are
+    thereby dropped (mapped to 0) while the coordinates stay in R^d, so d
+    remains the data set's number of features (4, 13, 64). The class means
+    differ by 1e-14 or less along those dropped directions, so nothing is
+    lost. The returned means are centered at their average.
+    """
+    from sklearn import datasets
+
+    loader = {
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+        "digits": datasets.load_digits,
+    }[name]
+    features, target = loader(return_X_y=True)
+    features = np.asarray(features, dtype=np.float64)
+    classes, labels = np.unique(target, return_inverse=True)
+    means = np.array([features[labels == c].mean(axis=0) for c in range(classes.size)])
+    residuals = features - means[labels]
+    pooled = residuals.T @ residuals / (features.shape[0] - classes.size)
+
+    eigenvalues, eigenvectors = np.linalg.eigh(pooled)
+    keep = eigenvalues > _NULL_EIGENVALUE * eigenvalues[-1]
+    logger.debug(
+        "data set %s: dropping %d null directions of the within-class covariance",
+        name,
+        int(np.sum(~keep)),
+    )
+    basis = eigenvectors[:, keep]
+    whitening = (basis / np.sqrt(eigenvalues[keep])) @ basis.T
+    whitened = (means - means.mean(axis=0)) @ whitening
+    whitened.setflags(write=False)
+    return whitened
+
+
+def _shape_dataset(
+    k: int, d: int, params: dict, rng: np.random.Generator
+) -> np.ndarray:
+    """The whitened class means of the named data set."""
+    return np.array(_whitened_class_means(params["name"]))
+
+
 _Check = Callable[[int, int, Mapping[str, Any]], dict]
 _Shape = Callable[[int, int, dict, np.random.Generator], np.ndarray]
 
@@ -181,6 +356,9 @@ _REGISTRY: dict[str, tuple[_Check, _Shape]] = {
     "simplex": (_check_simplex, _shape_simplex),
     "line": (_check_line, _shape_line),
     "points": (_check_points, _shape_points),
+    "random": (_check_random, _shape_random),
+    "close-pair": (_check_close_pair, _shape_close_pair),
+    "dataset": (_check_dataset, _shape_dataset),
 }
 
 

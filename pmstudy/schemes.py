@@ -20,7 +20,7 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
+from sklearn.cluster import KMeans, kmeans_plusplus
 
 from pmstudy.errors import SpecError
 
@@ -240,6 +240,142 @@ def _uniform_box(
     return low * (1.0 - u) + high * u
 
 
+def _kmeans(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """The centers found by k-means (Lloyd's algorithm) from k-means++ seeding.
+
+    Runs scikit-learn's ``KMeans(n_clusters=k, n_init=1, random_state=seed)``
+    with an integer seed drawn from rng (its defaults otherwise: k-means++
+    seeding, at most 300 iterations, tolerance 1e-4 relative to the data's
+    variance). If the data hold fewer than k distinct values, k-means cannot
+    form k clusters; the result is then Forgy's (every distinct value, then
+    repeats), with the generator continued after the seed draw.
+
+    Infinite-sample analog: the population k-means (Lloyd) iteration on the
+    true mixture, from a population k-means++ start.
+    """
+    seed = _sklearn_seed(rng)
+    if not _has_distinct(x, k):
+        return _forgy(x, k, rng, centers_true, params)
+    fitted = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x)
+    return np.array(fitted.cluster_centers_, dtype=np.float64)
+
+
+def _random_partition(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """Random Partition: the means of a uniformly random split into k parts.
+
+    Draws one ``rng.permutation(m)`` and puts the point at position t of the
+    permutation into part t mod k: a uniformly random split into parts of
+    sizes floor(m / k) or ceil(m / k), never empty since m >= k. Every center
+    is the mean of about m / k random points, so all lie within about
+    sqrt(k / m) (times the data's spread) of the grand mean.
+
+    Infinite-sample analog: all k centers at the mean of the true mixture,
+    exactly coincident. EM keeps coincident centers coincident, so population
+    EM from this start never separates them (for k >= 2).
+    """
+    order = rng.permutation(x.shape[0])
+    return np.array([x[order[j::k]].mean(axis=0) for j in range(k)])
+
+
+def _gaussian(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """k draws from the normal with the data's mean and covariance.
+
+    The covariance is the sample covariance with divisor max(m - 1, 1). It is
+    factored by its eigendecomposition, with rounding-level eigenvalues set
+    to zero, so a singular covariance (identical points, or
+    d > m) is fine: the draws then lie in the affine span of the data, and
+    identical points give k copies of that point. Consumes one
+    ``rng.standard_normal((k, d))`` block.
+
+    Infinite-sample analog: k independent draws from the normal with the
+    true mixture's mean and covariance (its moment-matched Gaussian).
+    """
+    m, d = x.shape
+    mean = x.mean(axis=0)
+    centered = x - mean
+    covariance = centered.T @ centered / max(m - 1, 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    # Eigenvalues at rounding level (the rank test of numpy.linalg.matrix_rank)
+    # are exact zeros of a singular covariance: their square roots (about 1e-8
+    # of the scale) would push the draws out of the data's span.
+    rounding = max(m, d) * np.finfo(np.float64).eps * max(eigenvalues[-1], 0.0)
+    eigenvalues = np.where(eigenvalues > rounding, eigenvalues, 0.0)
+    factor = eigenvectors * np.sqrt(eigenvalues)
+    z = rng.standard_normal((k, d))
+    return mean + z @ factor.T
+
+
+def _near_pair(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """Two centers a tiny gap apart; the other k - 2 from the data by Forgy.
+
+    Forgy picks k - 1 distinct data points (one ``rng.permutation(m)``); then
+    a uniformly random direction u (one ``rng.standard_normal(d)``, normalized)
+    places the second member of the pair at first point + gap * u. The result
+    is ordered (first point, its partner, the other k - 2 points). Needs
+    k >= 2. The scheme probes whether EM can split two nearly merged centers.
+
+    Infinite-sample analog: a draw from the true mixture and its partner at
+    distance gap in a random direction, plus k - 2 independent draws from
+    the mixture.
+    """
+    d = x.shape[1]
+    points = x[_distinct_indices(x, k - 1, rng)]
+    direction = rng.standard_normal(d)
+    norm = np.linalg.norm(direction)
+    # A zero draw has probability zero; fall back to the first axis then.
+    unit = direction / norm if norm > 0 else np.eye(1, d)[0]
+    partner = points[0] + params["gap"] * unit
+    return np.vstack([points[:1], partner, points[1:]])
+
+
+def _check_near_pair(name: str, params: dict, k: int, d: int) -> None:
+    if k < 2:
+        raise SpecError(f"schemes.{name}", f"k = {k}", "k >= 2 (a pair needs two)")
+
+
+def _perturbed_truth(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """The true centers plus independent N(0, scale^2 I) noise.
+
+    Reads only ``centers_true`` (not the data) and one
+    ``rng.standard_normal((k, d))`` block. scale = 0 gives the truth itself,
+    the oracle's start. A reference scheme: it measures how far from the
+    truth EM still finds its way back.
+
+    Infinite-sample analog: the same, since it does not use the data.
+    """
+    return centers_true + params["scale"] * rng.standard_normal(centers_true.shape)
+
+
 _REGISTRY: dict[str, _Scheme] = {
     "forgy": _Scheme(
         init=_forgy,
@@ -260,6 +396,41 @@ _REGISTRY: dict[str, _Scheme] = {
             "sqrt(2 ln m) per coordinate; at m = inf it is uniform in the box of "
             "the proxy sample, so it depends on the proxy size."
         ),
+    ),
+    "kmeans": _Scheme(
+        init=_kmeans,
+        analog=(
+            "Population k-means (Lloyd's iteration on the true mixture) from a "
+            "population k-means++ start."
+        ),
+    ),
+    "random-partition": _Scheme(
+        init=_random_partition,
+        analog=(
+            "All k centers exactly at the mean of the true mixture, a symmetric "
+            "start that population EM never breaks."
+        ),
+    ),
+    "gaussian": _Scheme(
+        init=_gaussian,
+        analog=(
+            "k independent draws from the normal with the true mixture's mean "
+            "and covariance."
+        ),
+    ),
+    "near-pair": _Scheme(
+        init=_near_pair,
+        analog=(
+            "A draw from the true mixture and a partner at distance gap in a "
+            "random direction, plus k - 2 independent draws from the mixture."
+        ),
+        params={"gap": _Param(float, 0.01, low=0.0, low_open=True)},
+        check_extra=_check_near_pair,
+    ),
+    "perturbed-truth": _Scheme(
+        init=_perturbed_truth,
+        analog="The same as for finite m: the truth plus N(0, scale^2 I) noise.",
+        params={"scale": _Param(float, 0.5, low=0.0)},
     ),
 }
 

@@ -29,15 +29,19 @@ def default_params(name: str, k: int, d: int) -> dict:
     if name == "points":
         rng = np.random.default_rng(1)
         return {"centers": rng.normal(size=(k, d)).tolist()}
+    if name == "dataset":
+        return {"name": {size: n for n, size in DATASET_SIZES.items()}[(k, d)]}
     return {}
 
+
+DATASET_SIZES = {"iris": (3, 4), "wine": (3, 13), "digits": (10, 64)}
 
 CASES = [
     (name, k, d)
     for name in LAYOUTS
     for k, d in [(2, 1), (3, 2), (3, 5), (5, 4), (10, 12)]
-    if not (name == "simplex" and d < k - 1)
-]
+    if name != "dataset" and not (name == "simplex" and d < k - 1)
+] + [("dataset", k, d) for k, d in DATASET_SIZES.values()]
 
 
 @pytest.mark.parametrize(("name", "k", "d"), CASES)
@@ -87,18 +91,136 @@ def test_points_with_huge_coordinates_stay_finite():
     assert np.min(pairwise_loop(centers)) == pytest.approx(1.0, rel=REL)
 
 
-@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("name", [n for n in LAYOUTS if n != "dataset"])
 def test_one_center_is_at_the_origin(name):
     params = {"centers": [[3.0, 4.0]]} if name == "points" else {}
     centers = layout_centers(name, 1, 2, 2.0, params, np.random.default_rng(0))
     np.testing.assert_array_equal(centers, np.zeros((1, 2)))
 
 
-@pytest.mark.parametrize("name", ["simplex", "line", "points"])
+@pytest.mark.parametrize("name", ["simplex", "line", "points", "close-pair"])
 def test_deterministic_layouts_do_not_touch_the_generator(name):
     rng = np.random.default_rng(5)
     layout_centers(name, 3, 2, 1.0, default_params(name, 3, 2), rng)
     assert rng.random() == np.random.default_rng(5).random()
+
+
+def test_random_layout_has_one_shape_at_every_separation():
+    shapes = []
+    for separation in [0.5, 2.0, 9.0]:
+        rng = np.random.default_rng(123)
+        centers = layout_centers("random", 5, 3, separation, {}, rng)
+        shapes.append(centers / separation)
+    np.testing.assert_allclose(shapes[1], shapes[0], rtol=1e-13)
+    np.testing.assert_allclose(shapes[2], shapes[0], rtol=1e-13)
+    other = layout_centers("random", 5, 3, 0.5, {}, np.random.default_rng(124))
+    assert not np.allclose(other / 0.5, shapes[0])
+
+
+def test_random_layout_on_the_sphere():
+    rng = np.random.default_rng(8)
+    centers = layout_centers("random", 4, 3, 1.0, {"kind": "sphere"}, rng)
+    # Points on one sphere about the origin: all norms equal.
+    norms = np.linalg.norm(centers, axis=1)
+    np.testing.assert_allclose(norms, norms[0], rtol=1e-13)
+
+
+def test_random_layout_kind_defaults_and_refusals():
+    assert check_layout("random", 3, 2, {}) == {"kind": "sphere"}
+    assert check_layout("random", 3, 1, {}) == {"kind": "gaussian"}
+    centers = layout_centers("random", 4, 1, 2.0, {}, np.random.default_rng(0))
+    assert np.min(pairwise_loop(centers)) == pytest.approx(2.0, rel=REL)
+    with pytest.raises(SpecError) as info:
+        check_layout("random", 3, 1, {"kind": "sphere"})
+    assert info.value.field == "layout.kind"
+    with pytest.raises(SpecError) as info:
+        check_layout("random", 3, 2, {"kind": "cube"})
+    assert info.value.field == "layout.kind"
+
+
+@pytest.mark.parametrize("d", [1, 2, 6])
+def test_close_pair_geometry(d):
+    s, ratio = 1.7, 4.0
+    centers = layout_centers(
+        "close-pair", 3, d, s, {"ratio": ratio}, np.random.default_rng(0)
+    )
+    distances = pairwise_loop(centers)  # pairs (0, 1), (0, 2), (1, 2)
+    np.testing.assert_allclose(distances, [s, (ratio + 1) * s, ratio * s], rtol=REL)
+    assert check_layout("close-pair", 3, d, {}) == {"ratio": 5.0}
+
+
+def test_close_pair_with_more_centers_continues_the_line():
+    centers = layout_centers("close-pair", 5, 2, 1.0, {"ratio": 3.0}, None)
+    np.testing.assert_allclose(np.diff(centers[:, 0]), [1.0, 3.0, 3.0, 3.0], rtol=REL)
+    np.testing.assert_array_equal(centers[:, 1], 0.0)
+    two = layout_centers("close-pair", 2, 2, 1.0, {}, None)
+    assert pairwise_loop(two)[0] == pytest.approx(1.0, rel=REL)
+
+
+@pytest.mark.parametrize("ratio", [0.5, -1.0, np.inf, "far", True])
+def test_close_pair_bad_ratio_is_refused(ratio):
+    with pytest.raises(SpecError) as info:
+        check_layout("close-pair", 3, 2, {"ratio": ratio})
+    assert info.value.field == "layout.ratio"
+
+
+def mahalanobis_loop(name: str) -> np.ndarray:
+    """Pairwise Mahalanobis distances of the class means, pooled within-class
+    covariance, by plain loops and a least-squares solve (minimum-norm, so a
+    singular covariance is handled like a pseudo-inverse)."""
+    from sklearn import datasets
+
+    features, target = getattr(datasets, f"load_{name}")(return_X_y=True)
+    classes = sorted(set(target.tolist()))
+    n, p = features.shape
+    means = [features[target == c].mean(axis=0) for c in classes]
+    pooled = np.zeros((p, p))
+    for c, mean in zip(classes, means, strict=True):
+        for row in features[target == c]:
+            pooled += np.outer(row - mean, row - mean)
+    pooled /= n - len(classes)
+    out = []
+    for i, j in itertools.combinations(range(len(classes)), 2):
+        diff = means[i] - means[j]
+        solved = np.linalg.lstsq(pooled, diff, rcond=1e-10)[0]
+        out.append(np.sqrt(diff @ solved))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "digits"])
+def test_dataset_centers_are_whitened_class_means(name):
+    k, d = DATASET_SIZES[name]
+    centers = layout_centers("dataset", k, d, 2.0, {"name": name}, None)
+    assert centers.shape == (k, d)
+    distances = pairwise_loop(centers)
+    expected = mahalanobis_loop(name)
+    # Same shape up to the common scale; the covariances' condition numbers
+    # (up to 4e6 for wine, 2e5 for digits without its null space) cost up to
+    # about 1e-9 relative in the two solves.
+    np.testing.assert_allclose(
+        distances / distances.min(), expected / expected.min(), rtol=1e-7
+    )
+
+
+def test_iris_gives_three_centers_in_four_dimensions():
+    assert check_layout("dataset", 3, 4, {"name": "iris"}) == {"name": "iris"}
+    centers = layout_centers("dataset", 3, 4, 1.0, {"name": "iris"}, None)
+    assert centers.shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("k", "d", "params", "match"),
+    [
+        (3, 5, {"name": "iris"}, "k = 3 and d = 4"),
+        (4, 4, {"name": "iris"}, "k = 3 and d = 4"),
+        (3, 4, {"name": "mnist"}, "'iris', 'wine', 'digits'"),
+        (3, 4, {}, "'iris', 'wine', 'digits'"),
+    ],
+)
+def test_dataset_mismatch_is_refused(k, d, params, match):
+    with pytest.raises(SpecError, match=match) as info:
+        check_layout("dataset", k, d, params)
+    assert info.value.field == "layout.name"
 
 
 def test_check_layout_normalizes_points():

@@ -232,3 +232,157 @@ def test_uniform_box_flat_coordinate_takes_the_constant():
     x = np.array([[0.0, 7.0], [1.0, 7.0], [5.0, 7.0]])
     centers = run("uniform-box", x, 3)
     np.testing.assert_array_equal(centers[:, 1], 7.0)
+
+
+# --------------------------------------------------------------------------
+# kmeans
+# --------------------------------------------------------------------------
+
+
+def match_to(centers: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Rows of `centers` reordered to their nearest reference rows (a loop)."""
+    out = np.empty_like(reference)
+    for center in centers:
+        j = np.argmin([np.sum((center - r) ** 2) for r in reference])
+        out[j] = center
+    return out
+
+
+def test_kmeans_on_separated_data_finds_the_cluster_means():
+    x, truth = well_separated(k=3, d=2, m=900)
+    labels = np.arange(900) % 3
+    cluster_means = np.array([x[labels == j].mean(axis=0) for j in range(3)])
+    for seed in range(5):
+        centers = match_to(run("kmeans", x, 3, seed=seed), truth)
+        # The clusters are 40 sigma apart, so k-means ends at the exact
+        # partition and its centers are those clusters' means, to rounding.
+        np.testing.assert_allclose(centers, cluster_means, rtol=0, atol=1e-12)
+        # and these are within 5 standard errors (1 / sqrt(300)) of the truth.
+        assert np.all(np.abs(centers - truth) < 5 / np.sqrt(300))
+
+
+def test_kmeans_with_exactly_k_values_returns_them():
+    values = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    x = np.repeat(values, [10, 1, 5], axis=0)
+    centers = run("kmeans", x, 3)
+    assert {tuple(c) for c in centers} == {tuple(v) for v in values}
+
+
+# --------------------------------------------------------------------------
+# random-partition
+# --------------------------------------------------------------------------
+
+
+def test_random_partition_centers_are_near_the_grand_mean():
+    m, k = 3000, 3
+    x, _ = well_separated(k=k, d=2, m=m)
+    grand = x.mean(axis=0)
+    spread = x.std(axis=0)
+    # Each center is a mean of m / k points drawn without replacement:
+    # standard error spread * sqrt(1 / (m / k) - 1 / m) per coordinate.
+    tolerance = 5 * spread * np.sqrt(k / m - 1 / m)
+    for seed in range(10):
+        centers = run("random-partition", x, k, seed=seed)
+        assert np.all(np.abs(centers - grand) < tolerance)
+        # Equal parts: the centers average to the grand mean exactly.
+        np.testing.assert_allclose(centers.mean(axis=0), grand, atol=1e-12)
+
+
+def test_random_partition_is_a_partition():
+    x = np.arange(7, dtype=float)[:, None] ** 2
+    centers = run("random-partition", x, 3, seed=4)
+    # Reproduce the split independently from the documented draw.
+    order = np.random.default_rng(4).permutation(7)
+    expected = [
+        np.mean([x[order[t], 0] for t in range(7) if t % 3 == j]) for j in range(3)
+    ]
+    np.testing.assert_allclose(centers[:, 0], expected, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------
+# gaussian
+# --------------------------------------------------------------------------
+
+
+def test_gaussian_draws_have_the_data_moments():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 2)) @ np.array([[2.0, 0.0], [1.0, 0.5]]) + [3.0, -1.0]
+    draws = np.concatenate([run("gaussian", x, 3, seed=s) for s in range(3000)])
+    n = draws.shape[0]
+    mean = x.mean(axis=0)
+    covariance = np.cov(x, rowvar=False)
+    standard_error = np.sqrt(np.diag(covariance) / n)
+    assert np.all(np.abs(draws.mean(axis=0) - mean) < 5 * standard_error)
+    # Gaussian sample covariance: Var(S_ij) = (S_ii S_jj + S_ij^2) / n.
+    spread = np.sqrt(
+        (np.outer(np.diag(covariance), np.diag(covariance)) + covariance**2) / n
+    )
+    assert np.all(np.abs(np.cov(draws, rowvar=False) - covariance) < 5 * spread)
+
+
+def test_gaussian_with_singular_covariance_stays_in_the_data_span():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 30))  # d > m: rank 3 covariance
+    centers = run("gaussian", x, 3, seed=2)
+    basis, _ = np.linalg.qr((x - x.mean(axis=0)).T)
+    offset = centers - x.mean(axis=0)
+    residual = offset - offset @ basis @ basis.T
+    assert np.max(np.abs(residual)) < 1e-12 * np.max(np.abs(offset))
+    identical = np.full((5, 2), 4.0)
+    np.testing.assert_allclose(run("gaussian", identical, 3), 4.0, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------
+# near-pair
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gap", [0.01, 1e-6, 2.0])
+def test_near_pair_has_a_pair_at_the_gap(gap):
+    x, _ = well_separated(k=4, d=3, m=100)
+    centers = run("near-pair", x, 4, seed=1, gap=gap)
+    # Rounding of coordinates of size 40 costs 1e-14 absolute.
+    assert np.linalg.norm(centers[1] - centers[0]) == pytest.approx(gap, abs=1e-13)
+    index = rows_in(np.delete(centers, 1, axis=0), x)
+    assert np.all(index >= 0) and np.unique(index).size == 3
+
+
+def test_near_pair_parameters():
+    assert check_scheme("near-pair", {}, k=3, d=2) == {"gap": 0.01}
+    for bad in [0.0, -1.0, np.nan, "small", True]:
+        with pytest.raises(SpecError) as info:
+            check_scheme("near-pair", {"gap": bad}, k=3, d=2)
+        assert info.value.field == "schemes.near-pair.gap"
+    with pytest.raises(SpecError, match="k >= 2"):
+        check_scheme("near-pair", {}, k=1, d=2)
+
+
+# --------------------------------------------------------------------------
+# perturbed-truth
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_perturbed_truth_scatters_around_the_truth_with_its_scale(scale):
+    truth = np.array([[0.0, 0.0], [5.0, 1.0], [-3.0, 2.0]])
+    x = np.zeros((5, 2))  # not read by the scheme
+    noise = np.concatenate(
+        [
+            run("perturbed-truth", x, 3, seed=s, truth=truth, scale=scale) - truth
+            for s in range(2000)
+        ]
+    )
+    n = noise.size
+    assert abs(noise.mean()) < 5 * scale / np.sqrt(n)
+    # Sample variance of a normal: relative standard error sqrt(2 / n).
+    assert abs(noise.var() / scale**2 - 1) < 5 * np.sqrt(2 / n)
+
+
+def test_perturbed_truth_with_zero_scale_is_the_truth():
+    truth = np.array([[1.0, 2.0], [3.0, 4.0]])
+    centers = run("perturbed-truth", np.zeros((3, 2)), 2, truth=truth, scale=0.0)
+    np.testing.assert_array_equal(centers, truth)
+    assert check_scheme("perturbed-truth", {}, k=2, d=2) == {"scale": 0.5}
+    with pytest.raises(SpecError) as info:
+        check_scheme("perturbed-truth", {"scale": -0.1}, k=2, d=2)
+    assert info.value.field == "schemes.perturbed-truth.scale"
