@@ -380,18 +380,21 @@ class _ConvergenceMonitor:
             hist[:, (step - i * w) % self.history_len] for i in (3, 2, 1, 0)
         )
         close_old, close_mid, close_new = d0 - d1, d1 - d2, d2 - d3
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # Zero or infinite ratios are legitimate here (a pair that stopped
+        # closing): they fail the comparisons below, as they should.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             r_new = close_new / close_mid
             r_mid = close_mid / close_old
             target_new = d3 - close_new * r_new / (1 - r_new)
             target_mid = d2 - close_mid * r_mid / (1 - r_mid)
+            drift = target_mid - target_new
         return (
             (approach >= 3 * w)
             & (r_new >= self.block_slow)
             & (r_new < 1)
             & (r_mid < 1)
             & (norm <= _MERGE_STEP_FRACTION * d3)
-            & (target_mid - target_new >= _MERGE_DRIFT_FRACTION * close_new)
+            & (drift >= _MERGE_DRIFT_FRACTION * close_new)
         )
 
 
