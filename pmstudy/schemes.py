@@ -8,6 +8,11 @@ on a large proxy sample, so the analog says what that proxy approximates.
 
 Every scheme draws its randomness from the generator passed in, in a fixed
 order, so that the same seed gives the same centers.
+
+Simple schemes live here; the projection-based and two-round schemes
+(pca-em, spectral, two-round) have their algorithms in ``pmstudy.projection``
+and are registered here, with the simple schemes passed to them as
+functions.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
+from pmstudy import projection
 from pmstudy.errors import SpecError
 
 logger = logging.getLogger(__name__)
@@ -376,6 +382,135 @@ def _perturbed_truth(
     return centers_true + params["scale"] * rng.standard_normal(centers_true.shape)
 
 
+# --------------------------------------------------------------------------
+# the projection-based and two-round schemes (algorithms in projection.py)
+# --------------------------------------------------------------------------
+
+# Schemes that can start pca-em in the subspace: those that read only the data.
+_PCA_EM_BASES: tuple[str, ...] = (
+    "forgy",
+    "kmeans++",
+    "uniform-box",
+    "kmeans",
+    "random-partition",
+    "gaussian",
+    "near-pair",
+)
+
+
+def _seed_function(name: str) -> projection.SeedFunction:
+    """A registered data-only scheme, with its default parameters, as (z, k, rng)."""
+
+    def seed(z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        scheme = _REGISTRY[name]
+        defaults = check_scheme(name, {}, k=k, d=z.shape[1])
+        # Data-only schemes never read the true centers; zeros fill the slot.
+        return scheme.init(z, k, rng, np.zeros((k, z.shape[1])), defaults)
+
+    return seed
+
+
+def _pca_em(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """EM in the top principal subspace, lifted back (``projection.pca_em``).
+
+    Projects the centered data onto its top `dim` principal directions
+    (default k - 1), starts there from the `base` scheme with its default
+    parameters, runs `iterations` EM steps (default 20) and lifts the centers
+    back with the data mean as their orthogonal part (Vempala & Wang, 2004).
+
+    Infinite-sample analog: population EM of the true mixture projected onto
+    its principal subspace, from the base's analog there, lifted back.
+    """
+    return projection.pca_em(
+        x,
+        k,
+        rng,
+        dim=params["dim"],
+        iterations=params["iterations"],
+        base=_seed_function(params["base"]),
+    )
+
+
+def _check_pca_em(name: str, params: dict, k: int, d: int) -> None:
+    _check_dim(name, params, d)
+    if params["base"] == "near-pair":
+        _check_near_pair(f"{name}.base", params, k, d)
+
+
+def _check_dim(name: str, params: dict, d: int) -> None:
+    if params["dim"] > d:
+        raise SpecError(
+            f"schemes.{name}.dim", params["dim"], f"an integer from 1 to d = {d}"
+        )
+
+
+def _spectral(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """k-means in the top principal subspace (``projection.spectral``).
+
+    Projects the centered data onto its top `dim` principal directions
+    (default k), seeds by k-means++ and runs `iterations` Lloyd steps there
+    (default 10), then returns each cluster's mean in the full space
+    (Kumar & Kannan, 2010).
+
+    Infinite-sample analog: population Lloyd steps in the true mixture's
+    principal subspace, then the mixture's mean over each resulting cell.
+    """
+    return projection.spectral(
+        x,
+        k,
+        rng,
+        dim=params["dim"],
+        iterations=params["iterations"],
+        seed=_seed_function("kmeans++"),
+    )
+
+
+def _two_round(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    centers_true: np.ndarray,
+    params: dict,
+) -> np.ndarray:
+    """Dasgupta & Schulman's (JMLR 2007) two-round EM (``projection.two_round``).
+
+    Forgy picks L = `n_start` data points (default ceil(k ln k) + 1); one EM
+    step with L components fits centers and weights; components lighter than
+    `threshold` / L are pruned (default threshold 0.25); a farthest-point
+    traversal keeps exactly k; one more EM step with equal weights follows.
+
+    Infinite-sample analog: the same steps with L draws from the true mixture
+    and population EM steps.
+    """
+    return projection.two_round(
+        x,
+        k,
+        rng,
+        n_start=params["n_start"],
+        threshold=params["threshold"],
+        pick=_seed_function("forgy"),
+    )
+
+
+def _check_two_round(name: str, params: dict, k: int, d: int) -> None:
+    if params["n_start"] < k:
+        raise SpecError(
+            f"schemes.{name}.n_start", params["n_start"], f"an integer >= k = {k}"
+        )
+
+
 _REGISTRY: dict[str, _Scheme] = {
     "forgy": _Scheme(
         init=_forgy,
@@ -431,6 +566,47 @@ _REGISTRY: dict[str, _Scheme] = {
         init=_perturbed_truth,
         analog="The same as for finite m: the truth plus N(0, scale^2 I) noise.",
         params={"scale": _Param(float, 0.5, low=0.0)},
+    ),
+    "pca-em": _Scheme(
+        init=_pca_em,
+        analog=(
+            "Population EM of the true mixture projected onto its principal "
+            "subspace (for dim = k - 1 the span of the centered true centers), "
+            "from the base scheme's analog there, lifted back with the "
+            "mixture's mean."
+        ),
+        params={
+            "dim": _Param(int, lambda k, d: max(1, min(k - 1, d)), low=1),
+            "base": _Param(str, "forgy", choices=_PCA_EM_BASES),
+            "iterations": _Param(int, 20, low=0),
+        },
+        check_extra=_check_pca_em,
+    ),
+    "spectral": _Scheme(
+        init=_spectral,
+        analog=(
+            "Population Lloyd steps on the true mixture projected onto its top "
+            "principal subspace from population k-means++ seeding, then the "
+            "mixture's mean over each resulting cell."
+        ),
+        params={
+            "dim": _Param(int, lambda k, d: min(k, d), low=1),
+            "iterations": _Param(int, 10, low=0),
+        },
+        check_extra=lambda name, params, k, d: _check_dim(name, params, d),
+    ),
+    "two-round": _Scheme(
+        init=_two_round,
+        analog=(
+            "L draws from the true mixture, one population EM step with L "
+            "components, pruning of light components, farthest-point reduction "
+            "to k, and one population EM step with k components."
+        ),
+        params={
+            "n_start": _Param(int, lambda k, d: projection.default_n_start(k), low=1),
+            "threshold": _Param(float, 0.25, low=0.0, high=1.0),
+        },
+        check_extra=_check_two_round,
     ),
 }
 
