@@ -5,6 +5,21 @@ scales that shape so that the minimum pairwise distance between centers equals
 the requested separation (in units of sigma = 1). ``sample_mixture`` draws a
 data set from the uniform mixture of unit-variance spherical Gaussians around
 given centers.
+
+Layouts and their parameters:
+
+- ``simplex``: a regular simplex, all distances equal; needs d >= k - 1.
+- ``line``: equally spaced on the first axis.
+- ``points``: explicit coordinates, ``centers`` = k lists of d numbers,
+  scaled about the origin (0, 1, 4 at separation s gives 0, s, 4s).
+- ``random``: random directions (``kind = "sphere"``, the default for
+  d >= 2) or standard normal points (``kind = "gaussian"``, the default for
+  d = 1); the only layout that reads the generator.
+- ``close-pair``: a pair at the separation and a far center ``ratio`` times
+  the separation away (default 5), on one axis; further centers continue
+  the line.
+- ``dataset``: the whitened class means of a scikit-learn data set,
+  ``dataset`` = "iris" (k = 3, d = 4), "wine" (3, 13) or "digits" (10, 64).
 """
 
 from __future__ import annotations
@@ -281,21 +296,28 @@ def _shape_close_pair(
 
 
 def _check_dataset(k: int, d: int, params: Mapping[str, Any]) -> dict:
-    _check_known_params("dataset", params, ("name",))
-    name = params.get("name")
+    # The data set is named by `dataset`; `name` is accepted as well for
+    # callers outside a spec, where `layout.name` is not already the layout's.
+    _check_known_params("dataset", params, ("dataset", "name"))
+    if "dataset" in params and "name" in params:
+        raise SpecError(
+            "layout.dataset", params["dataset"], "given once (as `dataset`), not twice"
+        )
+    field = "layout.name" if "name" in params else "layout.dataset"
+    chosen = params.get("dataset", params.get("name"))
     valid = ", ".join(repr(n) for n in DATASETS)
-    if name not in DATASETS:
-        raise SpecError("layout.name", name, f"one of {valid} for layout 'dataset'")
-    means = _whitened_class_means(name)
+    if chosen not in DATASETS:
+        raise SpecError(field, chosen, f"one of {valid} for layout 'dataset'")
+    means = _whitened_class_means(chosen)
     n_classes, n_features = means.shape
     if (k, d) != (n_classes, n_features):
         raise SpecError(
-            "layout.name",
-            name,
-            f"a data set with k = {k} classes and d = {d} features; {name!r} has "
-            f"k = {n_classes} and d = {n_features}",
+            field,
+            chosen,
+            f"a data set with k = {k} classes and d = {d} features; {chosen!r} "
+            f"has k = {n_classes} and d = {n_features}",
         )
-    return {"name": name}
+    return {"dataset": chosen}
 
 
 @functools.cache
@@ -346,7 +368,7 @@ def _shape_dataset(
     k: int, d: int, params: dict, rng: np.random.Generator
 ) -> np.ndarray:
     """The whitened class means of the named data set."""
-    return np.array(_whitened_class_means(params["name"]))
+    return np.array(_whitened_class_means(params["dataset"]))
 
 
 _Check = Callable[[int, int, Mapping[str, Any]], dict]

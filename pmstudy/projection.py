@@ -71,16 +71,20 @@ def principal_subspace(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]
 def _responsibilities(
     x: np.ndarray, centers: np.ndarray, log_weights: np.ndarray
 ) -> np.ndarray:
-    """Posterior component probabilities, (n, c), computed in log space.
+    """Posterior component probabilities, (c, n), computed in log space.
 
     For unit-variance spherical components the log posterior of j is, up to
-    a constant in j, <x, mu_j> - |mu_j|^2 / 2 + log w_j; subtracting the row
-    maximum before exponentiating keeps every exp in [0, 1].
+    a constant in j, <x, mu_j> - |mu_j|^2 / 2 + log w_j; subtracting the
+    maximum over j before exponentiating keeps every exp in [0, 1]. The
+    components run along the first axis so that the reductions over j are
+    elementwise operations on long rows (reductions along a short last axis
+    are several times slower in NumPy).
     """
-    logits = x @ centers.T - 0.5 * np.sum(centers * centers, axis=1) + log_weights
-    logits -= logits.max(axis=1, keepdims=True)
+    logits = centers @ x.T
+    logits -= (0.5 * np.sum(centers * centers, axis=1) - log_weights)[:, None]
+    logits -= logits.max(axis=0)
     np.exp(logits, out=logits)
-    logits /= logits.sum(axis=1, keepdims=True)
+    logits /= logits.sum(axis=0)
     return logits
 
 
@@ -121,8 +125,8 @@ def em_step(
     for start in range(0, m, step):
         block = x[start : start + step]
         r = _responsibilities(block, centers, log_weights)
-        totals += r.sum(axis=0)
-        sums += r.T @ block
+        totals += r.sum(axis=1)
+        sums += r @ block
     updated = centers.copy()
     alive = totals > 0
     updated[alive] = sums[alive] / totals[alive, None]

@@ -30,7 +30,7 @@ def default_params(name: str, k: int, d: int) -> dict:
         rng = np.random.default_rng(1)
         return {"centers": rng.normal(size=(k, d)).tolist()}
     if name == "dataset":
-        return {"name": {size: n for n, size in DATASET_SIZES.items()}[(k, d)]}
+        return {"dataset": {size: n for n, size in DATASET_SIZES.items()}[(k, d)]}
     return {}
 
 
@@ -190,7 +190,7 @@ def mahalanobis_loop(name: str) -> np.ndarray:
 @pytest.mark.parametrize("name", ["iris", "wine", "digits"])
 def test_dataset_centers_are_whitened_class_means(name):
     k, d = DATASET_SIZES[name]
-    centers = layout_centers("dataset", k, d, 2.0, {"name": name}, None)
+    centers = layout_centers("dataset", k, d, 2.0, {"dataset": name}, None)
     assert centers.shape == (k, d)
     distances = pairwise_loop(centers)
     expected = mahalanobis_loop(name)
@@ -203,24 +203,28 @@ def test_dataset_centers_are_whitened_class_means(name):
 
 
 def test_iris_gives_three_centers_in_four_dimensions():
-    assert check_layout("dataset", 3, 4, {"name": "iris"}) == {"name": "iris"}
-    centers = layout_centers("dataset", 3, 4, 1.0, {"name": "iris"}, None)
+    assert check_layout("dataset", 3, 4, {"dataset": "iris"}) == {"dataset": "iris"}
+    # `name` is the brief's spelling, accepted outside a spec's [layout] table.
+    assert check_layout("dataset", 3, 4, {"name": "iris"}) == {"dataset": "iris"}
+    centers = layout_centers("dataset", 3, 4, 1.0, {"dataset": "iris"}, None)
     assert centers.shape == (3, 4)
 
 
 @pytest.mark.parametrize(
-    ("k", "d", "params", "match"),
+    ("k", "d", "params", "match", "field"),
     [
-        (3, 5, {"name": "iris"}, "k = 3 and d = 4"),
-        (4, 4, {"name": "iris"}, "k = 3 and d = 4"),
-        (3, 4, {"name": "mnist"}, "'iris', 'wine', 'digits'"),
-        (3, 4, {}, "'iris', 'wine', 'digits'"),
+        (3, 5, {"dataset": "iris"}, "k = 3 and d = 4", "layout.dataset"),
+        (4, 4, {"dataset": "iris"}, "k = 3 and d = 4", "layout.dataset"),
+        (4, 4, {"name": "iris"}, "k = 3 and d = 4", "layout.name"),
+        (3, 4, {"dataset": "mnist"}, "'iris', 'wine', 'digits'", "layout.dataset"),
+        (3, 4, {}, "'iris', 'wine', 'digits'", "layout.dataset"),
+        (3, 4, {"dataset": "iris", "name": "iris"}, "once", "layout.dataset"),
     ],
 )
-def test_dataset_mismatch_is_refused(k, d, params, match):
+def test_dataset_mismatch_is_refused(k, d, params, match, field):
     with pytest.raises(SpecError, match=match) as info:
         check_layout("dataset", k, d, params)
-    assert info.value.field == "layout.name"
+    assert info.value.field == field
 
 
 def test_check_layout_normalizes_points():
