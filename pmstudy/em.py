@@ -77,6 +77,7 @@ output is ever NaN or inf for finite input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -177,11 +178,11 @@ def fit_em(
     shift = data.mean(axis=1)  # (R, d)
     data_c = np.ascontiguousarray(data - shift[:, None, :])
     centers = (centers_init - shift[:, None, None, :]).reshape(-1, k, d).copy()
-    stepper = _make_stepper(data_c, n_starts, backend)
+    stepper = _make_stepper(data_c, n_starts, k, backend)
 
-    end, n_iter, starved = _iterate(stepper, centers, max_iter, tol)
-
-    loglik = stepper.log_likelihood(centers)
+    with _kernel_context(stepper):
+        end, n_iter, starved = _iterate(stepper, centers, max_iter, tol)
+        loglik = stepper.log_likelihood(centers)
     centers = centers.reshape(n_sets, n_starts, k, d) + shift[:, None, None, :]
     return EMResult(
         centers=centers,
@@ -269,28 +270,43 @@ def _check_inputs(
 def _iterate(
     stepper: _NumpyStepper, centers: np.ndarray, max_iter: int, tol: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run EM on every run until it stops; ``centers`` (B, k, d) is updated."""
+    """Run EM on every run until it stops; ``centers`` (B, k, d) is updated.
+
+    The stepper takes up to ``stepper.chunk`` steps per call and returns the
+    whole path; the rule then walks that path step by step, and a run that
+    stops inside a chunk keeps the centers of its stopping step (the extra
+    steps it computed are dropped, so chunking changes no result).
+    """
     n_runs, k, _ = centers.shape
     end = np.full(n_runs, END_BUDGET, dtype=np.int8)
     n_iter = np.full(n_runs, max_iter, dtype=np.int64)
     starved = np.zeros(n_runs, dtype=bool)
     monitor = _ConvergenceMonitor(n_runs, k, tol)
     active = np.arange(n_runs)
+    taken = 0
 
-    for step in range(1, max_iter + 1):
-        current = centers[active]
-        new, starved_now = stepper.step(active, current)
-        starved[active] |= starved_now
-        converged, merging = monitor.update(active, current, new, step)
-        centers[active] = new
-
-        done = converged | merging
-        end[active[converged]] = END_CONVERGED
-        end[active[merging]] = END_MERGING
-        n_iter[active[done]] = step
-        active = active[~done]
-        if active.size == 0:
-            break
+    while active.size and taken < max_iter:
+        n_steps = min(stepper.chunk, max_iter - taken)
+        path, starved_path = stepper.steps(active, centers[active], n_steps)
+        stop_at = np.full(active.size, n_steps)
+        live = np.arange(active.size)
+        for i in range(n_steps):
+            runs = active[live]
+            starved[runs] |= starved_path[live, i]
+            converged, merging = monitor.update(
+                runs, path[live, i], path[live, i + 1], taken + i + 1
+            )
+            done = converged | merging
+            end[runs[converged]] = END_CONVERGED
+            end[runs[merging]] = END_MERGING
+            n_iter[runs[done]] = taken + i + 1
+            stop_at[live[done]] = i + 1
+            live = live[~done]
+            if live.size == 0:
+                break
+        centers[active] = path[np.arange(active.size), stop_at]
+        active = active[live]
+        taken += n_steps
 
     logger.debug(
         "EM: %d runs, %d converged, %d merging, %d out of budget",
@@ -402,8 +418,29 @@ class _ConvergenceMonitor:
 # the plain NumPy path
 
 
-def _make_stepper(data_c: np.ndarray, n_starts: int, backend: str) -> _NumpyStepper:
+def _make_stepper(
+    data_c: np.ndarray, n_starts: int, k: int, backend: str
+) -> _NumpyStepper:
+    """The stepper for ``backend``; "auto" prefers numba and falls back."""
+    if backend in ("auto", "numba"):
+        try:
+            from pmstudy._kernels import NumbaStepper
+        except ImportError:
+            if backend == "numba":
+                raise
+            logger.warning("numba is not importable: EM runs on the NumPy path")
+        else:
+            return NumbaStepper(data_c, n_starts, k)
     return _NumpyStepper(data_c, n_starts)
+
+
+def _kernel_context(stepper: object):
+    """BLAS held to one thread for the numba kernels (they run in parallel)."""
+    if isinstance(stepper, _NumpyStepper):
+        return contextlib.nullcontext()
+    from pmstudy._kernels import single_threaded_blas
+
+    return single_threaded_blas()
 
 
 class _NumpyStepper:
@@ -417,19 +454,33 @@ class _NumpyStepper:
         S; run b uses data set b // S.
     """
 
+    chunk = 1  # no launch cost to amortise
+
     def __init__(self, data_c: np.ndarray, n_starts: int) -> None:
         self.data = data_c
         self.run_data = np.repeat(np.arange(data_c.shape[0]), n_starts)
 
-    def step(self, active: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, ...]:
-        """One EM step for runs ``active`` with centers (b, k, d)."""
-        new = np.empty_like(centers)
-        starved = np.zeros(active.size, dtype=bool)
-        for run_set, lo, hi in _groups(self.run_data[active]):
-            new[lo:hi], starved[lo:hi] = _em_step_numpy(
-                self.data[run_set], centers[lo:hi]
-            )
-        return new, starved
+    def steps(
+        self, active: np.ndarray, centers: np.ndarray, n_steps: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``n_steps`` EM steps for runs ``active`` from centers (b, k, d).
+
+        Returns
+        -------
+        path : np.ndarray
+            (b, n_steps + 1, k, d), the start and the centers after each step.
+        starved : np.ndarray
+            (b, n_steps) bool, some center was starved at that step.
+        """
+        path = np.empty((centers.shape[0], n_steps + 1) + centers.shape[1:])
+        path[:, 0] = centers
+        starved = np.zeros((centers.shape[0], n_steps), dtype=bool)
+        for i in range(n_steps):
+            for run_set, lo, hi in _groups(self.run_data[active]):
+                path[lo:hi, i + 1], starved[lo:hi, i] = _em_step_numpy(
+                    self.data[run_set], path[lo:hi, i]
+                )
+        return path, starved
 
     def log_likelihood(self, centers: np.ndarray) -> np.ndarray:
         """(B,) average log-likelihood at centers (B, k, d)."""

@@ -9,7 +9,7 @@ from scipy.special import logsumexp
 from pmstudy.em import END_BUDGET, END_CONVERGED, END_MERGING, fit_em, log_likelihood
 from pmstudy.errors import SpecError
 
-BACKENDS = ["numpy"]
+BACKENDS = ["numpy", "numba"]
 
 
 def reference_run(x: np.ndarray, centers: np.ndarray, n_steps: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from pmstudy.em import (
     fit_em,
 )
 
-BACKENDS = ["numpy"]
+BACKENDS = ["numpy", "numba"]
 
 
 def em_steps(x: np.ndarray, mu: np.ndarray, n_steps: int) -> np.ndarray:
