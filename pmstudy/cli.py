@@ -99,18 +99,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_alpha(alpha: float) -> None:
+    from pmstudy.analysis import ALPHA_MIN
+
+    if not ALPHA_MIN <= alpha < 1:
+        raise SpecError("--alpha", alpha, f"a number in [{ALPHA_MIN:g}, 1)")
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pmstudy.analysis import cell_rows
-    from pmstudy.report import format_rows
+    from pmstudy.analysis import LEVELS, study_summary
+    from pmstudy.report import format_report
     from pmstudy.store import open_store
 
-    if not 0 < args.alpha < 1:
-        raise SpecError("--alpha", args.alpha, "a number strictly between 0 and 1")
+    _check_alpha(args.alpha)
+    # `run --report` calls this with only store, format, interval and alpha.
+    levels = getattr(args, "levels", None) or LEVELS
+    for level in levels:
+        if not 0 < level <= 1:
+            raise SpecError("--levels", level, "numbers in (0, 1]")
     with open_store(args.store) as ds:
-        rows = cell_rows(ds, method=args.interval, alpha=args.alpha)
-    level = f"{100 * (1 - args.alpha):g}%"
-    name = {"wilson": "Wilson", "clopper-pearson": "Clopper-Pearson"}[args.interval]
-    sys.stdout.write(format_rows(rows, args.format, interval_name=f"{name} {level}"))
+        summary = study_summary(
+            ds, method=args.interval, alpha=args.alpha, levels=levels
+        )
+    sys.stdout.write(format_report(summary, args.format))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pmstudy.plot import default_figure_dir, write_figures
+    from pmstudy.store import open_store
+
+    _check_alpha(args.alpha)
+    out_dir = args.output or default_figure_dir(args.store)
+    with open_store(args.store) as ds:
+        paths = write_figures(
+            ds, out_dir, method=args.interval, alpha=args.alpha, formats=args.formats
+        )
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -216,7 +242,34 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--alpha", type=float, default=0.05, help="1 - confidence level"
     )
+    report.add_argument(
+        "--levels",
+        type=float,
+        nargs="+",
+        metavar="P",
+        help="levels of P_m whose sample size to report (default: 0.5 0.9)",
+    )
     report.set_defaults(handler=_cmd_report)
+
+    plot = commands.add_parser(
+        "plot", help="figures of P_m, its phase diagram and the failures (PNG, SVG)"
+    )
+    plot.add_argument("store", help="store path or URL")
+    plot.add_argument(
+        "-o", "--output", metavar="DIR", help="directory (default: beside the store)"
+    )
+    plot.add_argument(
+        "--interval", choices=("wilson", "clopper-pearson"), default="wilson"
+    )
+    plot.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level")
+    plot.add_argument(
+        "--formats",
+        nargs="+",
+        choices=("png", "svg", "pdf"),
+        default=["png", "svg"],
+        help="file formats (default: png svg)",
+    )
+    plot.set_defaults(handler=_cmd_plot)
 
     bench = commands.add_parser("bench", help="EM kernel speed against scikit-learn")
     bench.add_argument("--format", choices=("table", "json"), default="table")

@@ -1,7 +1,15 @@
-"""Formatting of per-cell P_m rows as a table, CSV or JSON.
+"""Formatting of a study summary (see `pmstudy.analysis.study_summary`).
 
-The table puts schemes side by side, one block per separation and one line per m,
-so that how P_m moves with m, and how the schemes differ, shows at a glance.
+Three renderings of the same numbers:
+
+- ``table``, for people: P_m with its interval, schemes side by side, one block
+  per separation and one line per m, P_inf last; then, per separation and
+  scheme, P_inf beside the sample sizes at which P_m first reaches each level;
+  then the anatomy of the failures of every cell.
+- ``csv``, for spreadsheets: one line per cell, the per-cell columns first, then
+  the per-(separation, scheme) values repeated on each of its cells.
+- ``json``, for programs: the summary itself, an object with ``cells`` (one
+  object per cell) and ``transitions`` (one per separation and scheme).
 """
 
 from __future__ import annotations
@@ -9,75 +17,240 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["FORMATS", "format_rows"]
+from pmstudy.errors import SpecError
+
+__all__ = ["CELL_COLUMNS", "FORMATS", "csv_columns", "format_report", "interval_name"]
 
 FORMATS = ("table", "csv", "json")
-_COLUMNS = ("m", "separation", "scheme", "n", "successes", "p", "lo", "hi", "undecided")
+CELL_COLUMNS = (
+    "m",
+    "separation",
+    "scheme",
+    "n",
+    "successes",
+    "p",
+    "lo",
+    "hi",
+    "undecided",
+)
+_ORIGIN = ("fails_landscape", "fails_finite_sample", "fails_population_undecided")
 
 
-def format_rows(
-    rows: Sequence[dict[str, Any]], fmt: str, *, interval_name: str = "Wilson 95%"
-) -> str:
-    """Render report rows (see `pmstudy.analysis.cell_rows`).
+def interval_name(method: str, alpha: float) -> str:
+    """How a header names the interval, e.g. ``"Wilson 95%"``."""
+    name = {"wilson": "Wilson", "clopper-pearson": "Clopper-Pearson"}.get(
+        method, method
+    )
+    return f"{name} {100 * (1 - alpha):g}%"
+
+
+def format_report(summary: Mapping[str, Any], fmt: str) -> str:
+    """Render a study summary.
 
     Parameters
     ----------
-    rows : sequence of dict
+    summary : mapping
+        As returned by `pmstudy.analysis.study_summary`.
     fmt : {"table", "csv", "json"}
-    interval_name : str
-        How the table's header names the interval.
 
     Returns
     -------
     str
     """
     if fmt == "json":
-        return json.dumps(list(rows), indent=2)
+        # allow_nan=False: the summary holds None, never NaN, and JSON has no NaN.
+        return json.dumps(summary, indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {key: "" if row[key] is None else row[key] for key in _COLUMNS}
-            )
-        return buffer.getvalue()
+        return _csv(summary)
     if fmt == "table":
-        return _table(rows, interval_name)
-    raise ValueError(f"format should be one of {FORMATS}, but got {fmt!r}")
+        return _table(summary)
+    raise SpecError("--format", fmt, f"one of {', '.join(FORMATS)}")
 
 
-def _cell(row: dict[str, Any]) -> str:
-    if not row["n"]:
+def _structure_key(pattern: Mapping[str, Any]) -> str:
+    return f"fails_merged{pattern['n_merged']}_split{pattern['n_split']}"
+
+
+def _level_key(level: float) -> str:
+    return f"m_reach_{level:g}"
+
+
+def csv_columns(summary: Mapping[str, Any]) -> list[str]:
+    """The CSV header: `CELL_COLUMNS` first, then the added columns."""
+    cells = summary["cells"]
+    structure = (
+        [_structure_key(p) for p in cells[0]["fails_by_structure"]] if cells else []
+    )
+    levels = [_level_key(level) for level in summary["levels"]]
+    return [
+        *CELL_COLUMNS,
+        "fails",
+        *structure,
+        *_ORIGIN,
+        "p_inf",
+        "p_inf_lo",
+        "p_inf_hi",
+        *(key for level in levels for key in (level, f"{level}_status")),
+    ]
+
+
+def _csv(summary: Mapping[str, Any]) -> str:
+    columns = csv_columns(summary)
+    transitions = {(t["separation"], t["scheme"]): t for t in summary["transitions"]}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in summary["cells"]:
+        flat = {key: row[key] for key in (*CELL_COLUMNS, "fails", *_ORIGIN)}
+        for pattern in row["fails_by_structure"]:
+            flat[_structure_key(pattern)] = pattern["count"]
+        transition = transitions[(row["separation"], row["scheme"])]
+        for key in ("p_inf", "p_inf_lo", "p_inf_hi"):
+            flat[key] = transition[key]
+        for reach in transition["reach"]:
+            flat[_level_key(reach["level"])] = reach["m"]
+            flat[f"{_level_key(reach['level'])}_status"] = reach["status"]
+        writer.writerow({k: "" if v is None else v for k, v in flat.items()})
+    return buffer.getvalue()
+
+
+def _p_text(p: float | None, lo: float | None, hi: float | None) -> str:
+    if p is None or lo is None or hi is None:
         return "no data"
-    text = f"{row['p']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}]"
+    return f"{p:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _cell_text(row: Mapping[str, Any]) -> str:
+    text = _p_text(row["p"], row["lo"], row["hi"])
     if row["undecided"]:
         text += f" u={row['undecided']:.2f}"
     return text
 
 
-def _table(rows: Sequence[dict[str, Any]], interval_name: str) -> str:
+def _m_text(m: float) -> str:
+    return f"{m:,.0f}" if m >= 100 else f"{m:.3g}"
+
+
+def _reach_text(reach: Mapping[str, Any], smallest: Any, largest: Any) -> str:
+    status = reach["status"]
+    if status == "interpolated":
+        return f"m = {_m_text(reach['m'])}"
+    if status == "already at smallest m":
+        return f"already at m = {smallest}"
+    if status == "not reached":
+        return f"not reached by m = {largest}"
+    return status
+
+
+def _columns(
+    lines: list[str], header: Sequence[str], body: list[list[str]], n_left: int
+) -> None:
+    """Append an aligned table: the first `n_left` columns flush left, the rest
+    (counts) flush right."""
+    widths = [max(len(r[c]) for r in [list(header), *body]) for c in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            f"{c:<{w}}" if i < n_left else f"{c:>{w}}"
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    lines.append(line(header))
+    lines.extend(line(r) for r in body)
+
+
+def _table(summary: Mapping[str, Any]) -> str:
+    rows = summary["cells"]
+    name = interval_name(summary["interval"], summary["alpha"])
     schemes = list(dict.fromkeys(row["scheme"] for row in rows))
     separations = list(dict.fromkeys(row["separation"] for row in rows))
     ms = list(dict.fromkeys(row["m"] for row in rows))
+    finite = [m for m in ms if m != "inf"]
     by_key = {(row["separation"], row["m"], row["scheme"]): row for row in rows}
     width = max(30, *(len(s) + 2 for s in schemes))
+    title = f"Study {summary['study']}: " if summary.get("study") else ""
     lines = [
-        f"P_m with {interval_name} interval; u = fraction undecided "
+        f"{title}P_m with {name} interval; u = fraction undecided "
         "(budget ran out; counted as not success)"
+        + ("; P_inf is the population limit, m = inf" if "inf" in ms else "")
     ]
     for separation in separations:
         ns = {by_key[(separation, m, s)]["n"] for m in ms for s in schemes}
         n_text = f"n = {ns.pop()} per cell" if len(ns) == 1 else "n varies by cell"
-        lines.append("")
-        lines.append(f"separation {separation}  ({n_text})")
+        lines += ["", f"separation {separation}  ({n_text})"]
         lines.append(f"{'m':>8}  " + "".join(f"{s:<{width}}" for s in schemes).rstrip())
         for m in ms:
             cells = "".join(
-                f"{_cell(by_key[(separation, m, s)]):<{width}}" for s in schemes
+                f"{_cell_text(by_key[(separation, m, s)]):<{width}}" for s in schemes
             )
-            lines.append(f"{m!s:>8}  " + cells.rstrip())
+            label = "P_inf" if m == "inf" else str(m)
+            lines.append(f"{label:>8}  " + cells.rstrip())
+
+    levels = summary["levels"]
+    lines += [
+        "",
+        "Sample size at which P_m first reaches "
+        + " and ".join(f"{level:g}" for level in levels)
+        + " (linear in log m between the grid points around the first crossing)",
+    ]
+    smallest, largest = (finite[0], finite[-1]) if finite else (None, None)
+    header = ["separation", "scheme", "P_inf", *(f"P_m >= {lv:g}" for lv in levels)]
+    body = [
+        [
+            str(t["separation"]),
+            t["scheme"],
+            "not in grid"
+            if "inf" not in ms
+            else _p_text(t["p_inf"], t["p_inf_lo"], t["p_inf_hi"]),
+            *(_reach_text(r, smallest, largest) for r in t["reach"]),
+        ]
+        for t in summary["transitions"]
+    ]
+    _columns(lines, header, body, n_left=len(header))
+
+    lines += ["", *_failure_section(summary)]
     return "\n".join(lines) + "\n"
+
+
+def _failure_section(summary: Mapping[str, Any]) -> list[str]:
+    rows = summary["cells"]
+    patterns = rows[0]["fails_by_structure"] if rows else []
+    lines = [
+        "Failures by structure: NmKs = N true centers merged away (no estimate "
+        "nearest), K split (two or more estimates nearest)"
+    ]
+    header = ["separation", "m", "scheme", "n", "fails"]
+    header += [f"{p['n_merged']}m{p['n_split']}s" for p in patterns]
+    if summary["has_population_reference"]:
+        lines.append(
+            "origin: landscape = population EM from the same initial centers fails "
+            "too; finite-sample = population EM succeeds; pop-undecided = its "
+            "budget ran out"
+        )
+        header += ["landscape", "finite-sample", "pop-undecided"]
+    header += ["undecided"]
+    body = []
+    order = {s: i for i, s in enumerate(dict.fromkeys(r["scheme"] for r in rows))}
+    for row in sorted(
+        rows,
+        key=lambda r: (r["separation"], _m_order(r["m"]), order[r["scheme"]]),
+    ):
+        cells = [str(row["separation"]), str(row["m"]), row["scheme"], str(row["n"])]
+        if not row["n"]:
+            body.append([*cells, *["-"] * (len(header) - 4)])
+            continue
+        cells.append(str(row["fails"]))
+        cells += [str(p["count"]) for p in row["fails_by_structure"]]
+        if summary["has_population_reference"]:
+            cells += [str(row[key]) for key in _ORIGIN]
+        cells.append(str(round(row["undecided"] * row["n"])))
+        body.append(cells)
+    _columns(lines, header, body, n_left=3)
+    return lines
+
+
+def _m_order(m: Any) -> float:
+    return float("inf") if m == "inf" else float(m)
