@@ -146,6 +146,8 @@ def pm_figure(ds: xr.Dataset, *, method: str = "wilson", alpha: float = 0.05) ->
                     ms=5,
                     **style,
                 )
+        if not any(r["n"] for r in rows if r["separation"] == separation):
+            ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center")
         ax.set_xscale("log")
         ticks = [*finite_ms, *([x_inf] if has_inf else [])]
         ax.set_xticks(ticks, [f"{m:g}" for m in finite_ms] + ["\u221e"] * has_inf)

@@ -75,7 +75,10 @@ def synthetic_store(
     """
     study = parse_spec(
         SYNTHETIC_SPEC.format(
-            d=d, layout=_LAYOUTS[d], ms=ms, same_init=str(same_init).lower()
+            d=d,
+            layout=_LAYOUTS.get(d, 'name = "simplex"'),
+            ms=ms,
+            same_init=str(same_init).lower(),
         )
     )
     create_store(study, path)
