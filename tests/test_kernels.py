@@ -1,0 +1,149 @@
+"""The numba kernels: fast exp over its whole range, fused and blocked EM passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pmstudy._kernel_small import small_kernel
+from pmstudy._kernels import (
+    BLOCK,
+    em_steps_blocked,
+    loglik_runs,
+    use_small_kernel,
+)
+from pmstudy.fastexp import fast_exp, fast_exp_array
+
+TINY = np.finfo(np.float64).tiny  # smallest normal
+SUBNORMAL_STEP = np.nextafter(0.0, 1.0)  # 4.9e-324
+
+
+def exp_inputs() -> np.ndarray:
+    """Every region of exp: a dense sweep, near 0, both ends, specials."""
+    rng = np.random.default_rng(0)
+    sweep = np.linspace(-760.0, 720.0, 1_000_003)
+    near_zero = rng.uniform(-1e-3, 1e-3, 10_000)
+    ends = np.concatenate(
+        [
+            np.linspace(709.0, 709.9, 10_001),  # up to and past overflow
+            np.linspace(-708.6, -707.9, 10_001),  # normal -> subnormal
+            np.linspace(-745.5, -744.0, 10_001),  # last subnormals -> 0
+        ]
+    )
+    # Points where the range reduction switches n: odd multiples of ln(2)/2.
+    halves = (np.arange(-2150, 2050, 2) + 1) * np.log(2.0) / 2
+    halves = np.concatenate([np.nextafter(halves, -np.inf), halves])
+    halves = np.concatenate([halves, np.nextafter(halves, np.inf)])
+    halves = halves[(halves > -746) & (halves < 710)]
+    special = np.array(
+        [0.0, -0.0, 1.0, -1.0, np.log(2.0), 709.782712893384, 709.7827128933841]
+    )
+    return np.concatenate([sweep, near_zero, ends, halves, special])
+
+
+def test_fast_exp_normal_range_within_4_ulp() -> None:
+    x = exp_inputs()
+    with np.errstate(over="ignore"):
+        expected = np.exp(x)
+    got = fast_exp_array(x)
+    normal = np.isfinite(expected) & (expected >= TINY)
+    ulps = np.abs(got[normal] - expected[normal]) / np.spacing(expected[normal])
+    # Degree-12 Taylor (truncation < 1.8e-16) plus Horner rounding: a few ulp
+    # at most; np.exp is itself within 1 ulp of exact.
+    assert ulps.max() <= 4
+    assert ulps.mean() < 0.5
+
+
+def test_fast_exp_subnormal_and_underflow() -> None:
+    x = exp_inputs()
+    expected = np.exp(np.minimum(x, 0.0))
+    got = fast_exp_array(np.minimum(x, 0.0))
+    sub = expected < TINY
+    assert sub.sum() > 1000
+    # Subnormals are on a fixed grid of 4.9e-324: one step is the best any
+    # float64 exp can promise there.
+    assert np.abs(got[sub] - expected[sub]).max() <= SUBNORMAL_STEP
+    assert np.all(got[x < -745.2] == 0.0)
+    assert np.all(got >= 0.0)
+
+
+def test_fast_exp_overflow_and_specials() -> None:
+    assert fast_exp(709.78) == np.exp(709.78)
+    assert fast_exp(709.79) == np.inf
+    assert fast_exp(1e300) == np.inf
+    assert fast_exp(np.inf) == np.inf
+    assert fast_exp(-np.inf) == 0.0
+    assert fast_exp(-1e300) == 0.0
+    assert np.isnan(fast_exp(np.nan))
+    assert fast_exp(0.0) == 1.0
+    assert fast_exp(-0.0) == 1.0
+
+
+def test_fast_exp_is_monotone_on_a_fine_grid() -> None:
+    # Softmax weights must not reorder: check monotonicity where it matters.
+    x = np.linspace(-40.0, 0.0, 400_001)
+    assert np.all(np.diff(fast_exp_array(x)) >= 0)
+
+
+def numpy_pass(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of one E-step: x (m, d), c (k, d) -> (k, d), (k,)."""
+    logits = x @ c.T - 0.5 * (c**2).sum(axis=1)
+    w = np.exp(logits - logits.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    return w.T @ x, w.sum(axis=0)
+
+
+@pytest.mark.parametrize(("k", "d"), [(1, 1), (2, 3), (3, 2), (5, 1), (4, 7)])
+def test_fused_pass_matches_numpy(k: int, d: int) -> None:
+    assert use_small_kernel(k, d)
+    rng = np.random.default_rng(k * 10 + d)
+    x = rng.normal(scale=2.0, size=(1001, d))
+    c = rng.normal(size=(k, d))
+    out = np.empty((k, d + 1))
+    small_kernel(k, d).em_pass(np.ascontiguousarray(x.T), c, out)
+    sums, counts = numpy_pass(x, c)
+    # Sums of ~1000 terms of size <= 8: reassociated order, 1e-11 relative.
+    np.testing.assert_allclose(out[:, :d], sums, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(out[:, d], counts, rtol=1e-11)
+
+
+@pytest.mark.parametrize("m", [1, BLOCK - 1, BLOCK, 3 * BLOCK + 17])
+def test_blocked_steps_match_numpy_at_block_edges(m: int) -> None:
+    k, d = 9, 6
+    assert not use_small_kernel(k, d)
+    rng = np.random.default_rng(m)
+    data = rng.normal(scale=2.0, size=(2, m, d))
+    centers = rng.normal(size=(3, k, d))
+    run_data = np.array([0, 1, 1])
+    path = np.empty((3, 4, k, d))
+    starved = np.zeros((3, 3), dtype=bool)
+    em_steps_blocked(data, run_data, centers, path, starved)
+    for b in range(3):
+        mu = centers[b]
+        np.testing.assert_array_equal(path[b, 0], mu)
+        for step in range(3):
+            sums, counts = numpy_pass(data[run_data[b]], mu)
+            fed = counts > 0
+            mu = np.where(fed[:, None], sums / np.where(fed, counts, 1)[:, None], mu)
+            np.testing.assert_allclose(path[b, step + 1], mu, rtol=0, atol=1e-11)
+
+
+def test_loglik_kernel_matches_direct_formula() -> None:
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(2, 300, 3))
+    centers = rng.normal(size=(4, 5, 3))
+    run_data = np.array([1, 0, 0, 1])
+    got = loglik_runs(data, run_data, centers)
+    for b in range(4):
+        x = data[run_data[b]]
+        dens = np.exp(-0.5 * ((x[:, None] - centers[b][None]) ** 2).sum(axis=2))
+        dens = dens.mean(axis=1) / (2 * np.pi) ** 1.5
+        assert got[b] == pytest.approx(np.log(dens).mean(), abs=1e-12)
+
+
+def test_dispatch_thresholds() -> None:
+    assert use_small_kernel(3, 2)
+    assert use_small_kernel(1, 1)
+    assert not use_small_kernel(10, 50)
+    assert not use_small_kernel(3, 300)
+    assert not use_small_kernel(9, 1)
