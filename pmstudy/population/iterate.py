@@ -1,0 +1,221 @@
+"""Population EM: iterate the population EM step until it settles.
+
+Convergence rule
+----------------
+``tol`` is a distance on the centers in units of sigma = 1: a run is
+converged when the estimated distance from its returned centers to the fixed
+point it is converging to is at most ``tol``, distances between two sets of
+centers being max_j |mu_j - mu'_j| (Euclidean per center).
+
+Near a fixed point population EM contracts linearly: the step
+s_n = |mu^(n+1) - mu^(n)| shrinks like rho s_(n-1), rho < 1 the spectral
+radius of the map's Jacobian. The remaining distance is the tail of a
+geometric series, s_n rho / (1 - rho). The rule estimates rho as the largest
+of the last three step ratios (the largest, so that one quick step cannot
+fake fast convergence) and stops when rho < 1 and s_n rho / (1 - rho) <= tol.
+On a slow plateau rho is close to 1 and the estimated distance stays large
+whatever the step, so the rule refuses to stop; near a saddle the steps grow
+(rho >= 1) and it never stops. A step no larger than the map's own noise (four
+times the quadrature error estimate of that step plus 1024 eps (1 + max|mu|))
+cannot be resolved: the run is then converged whatever ``tol``.
+
+Slow merging
+------------
+Two estimates sharing one cluster can merge with a degenerate (quartic)
+log-likelihood in the direction that separates them; their distance D then
+falls sublinearly, D_(n+1) ~ D_n - c D_n^p with p > 1, rho tends to 1 and
+reaching the merged point could take 1e5 steps. Over a window of W steps the
+rule checks that the same pair stays the closest, that D fell at every step,
+that D fell by less than 1% per step on average (slow), that the steps are
+those of the pair (at most twice the fall of D, plus ``tol``), and that the
+fall of D over the two halves of the window fits D_(n+1) - D_n ~ -c D_n^p
+with 1.5 <= p <= 6. A linear approach to a positive distance gives a far
+larger p, and a linear merge p = 1; both are left to the ordinary rule. The
+run then ends with `END_MERGING`, its centers where they are.
+
+Runs that exhaust ``max_iter`` end with `END_BUDGET` ("undecided"), never with
+a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from pmstudy.em import END_BUDGET, END_CONVERGED, END_MERGING
+from pmstudy.errors import SpecError
+from pmstudy.population.core import DEFAULT_ACCURACY, Accuracy, check_centers, evaluate
+
+logger = logging.getLogger(__name__)
+
+_RATIO_HISTORY = 3
+_NOISE_FACTOR = 4.0
+_ROUND_FACTOR = 1024.0 * np.finfo(np.float64).eps
+_MERGE_WINDOW = 50
+_MERGE_SLOW = 0.01
+_MERGE_POWER = (1.5, 6.0)
+
+
+@dataclass(frozen=True)
+class PopulationResult:
+    """Result of population EM for a batch of starting points.
+
+    Attributes
+    ----------
+    centers : np.ndarray
+        (B, k, d) final centers.
+    loglik : np.ndarray
+        (B,) population log-likelihood E_{X ~ f0} log f_mu(X) of the final
+        centers, constants included (the constant left out is zero), so that
+        the gap to the truth, loglik(centers_true) - loglik, is exactly
+        KL(f0 || f_mu) >= 0.
+    n_iter : np.ndarray
+        (B,) int64, EM steps taken.
+    end : np.ndarray
+        (B,) int8, `END_CONVERGED`, `END_MERGING` or `END_BUDGET`.
+    error : np.ndarray
+        (B,) estimated quadrature error of the last step (largest absolute
+        error over coordinates).
+    method : str
+        How the integrals were computed, with the largest error estimate.
+    """
+
+    centers: np.ndarray
+    loglik: np.ndarray
+    n_iter: np.ndarray
+    end: np.ndarray
+    error: np.ndarray
+    method: str
+
+
+def population_em(
+    centers_true: np.ndarray,
+    centers_init: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    accuracy: float = DEFAULT_ACCURACY,
+) -> PopulationResult:
+    """Run population EM from a batch of starting points.
+
+    Parameters
+    ----------
+    centers_true : np.ndarray
+        (k0, d) true centers.
+    centers_init : np.ndarray
+        (B, k, d) starting centers.
+    max_iter : int
+        Largest number of EM steps per run.
+    tol : float
+        Distance to the fixed point at which a run stops (see the module
+        docstring), in units of sigma.
+    accuracy : float
+        Requested quadrature accuracy of each step.
+
+    Returns
+    -------
+    PopulationResult
+    """
+    centers_true, centers = check_centers(centers_true, centers_init)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)):
+        raise SpecError("max_iter", max_iter, "an integer >= 1")
+    if max_iter < 1:
+        raise SpecError("max_iter", max_iter, "an integer >= 1")
+    if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
+        raise SpecError("tol", tol, "a positive finite number")
+
+    n_batch, k, _ = centers.shape
+    mu = centers.copy()
+    n_iter = np.zeros(n_batch, dtype=np.int64)
+    end = np.full(n_batch, END_BUDGET, dtype=np.int8)
+    error = np.zeros(n_batch)
+    nodes = np.zeros(n_batch, dtype=np.int64)
+    rank = np.zeros(n_batch, dtype=np.int64)
+    steps = np.full((n_batch, _RATIO_HISTORY + 1), np.nan)
+    dist_hist = np.full((n_batch, _MERGE_WINDOW + 1), np.nan)
+    pair_hist = np.full((n_batch, _MERGE_WINDOW + 1), -1, dtype=np.int64)
+    active = np.arange(n_batch)
+
+    for it in range(1, max_iter + 1):
+        new, acc = evaluate("step", centers_true, mu[active], accuracy=accuracy)
+        step = np.linalg.norm(new - mu[active], axis=2).max(axis=1)
+        mu[active] = new
+        n_iter[active] = it
+        error[active] = acc.error
+        nodes[active] = acc.nodes
+        rank[active] = acc.rank
+
+        steps[active] = np.roll(steps[active], -1, axis=1)
+        steps[active, -1] = step
+        ratios = steps[active, 1:] / steps[active, :-1]
+        rho = np.max(ratios, axis=1)  # NaN until enough history
+        with np.errstate(divide="ignore", invalid="ignore"):
+            remaining = step * rho / (1.0 - rho)
+        noise = _NOISE_FACTOR * acc.error + _ROUND_FACTOR * (
+            1.0 + np.abs(new).max(axis=(1, 2))
+        )
+        converged = (step <= noise) | ((rho < 1.0) & (remaining <= tol))
+
+        pair, dist = _closest_pair(new)
+        dist_hist[active] = np.roll(dist_hist[active], -1, axis=1)
+        dist_hist[active, -1] = dist
+        pair_hist[active] = np.roll(pair_hist[active], -1, axis=1)
+        pair_hist[active, -1] = pair
+        merging = _merging(dist_hist[active], pair_hist[active], step, tol) & ~converged
+
+        end[active[converged]] = END_CONVERGED
+        end[active[merging]] = END_MERGING
+        active = active[~(converged | merging)]
+        if active.size == 0:
+            break
+
+    loglik, _ = evaluate("loglik", centers_true, mu, accuracy=accuracy)
+    method = Accuracy(error=error, nodes=nodes, rank=rank).describe()
+    logger.debug(
+        "population EM: %d runs, %d converged, %d merging, %d undecided",
+        n_batch, int(np.sum(end == END_CONVERGED)), int(np.sum(end == END_MERGING)),
+        int(np.sum(end == END_BUDGET)),
+    )  # fmt: skip
+    return PopulationResult(
+        centers=mu,
+        loglik=loglik,
+        n_iter=n_iter,
+        end=end,
+        error=error,
+        method=method,
+    )
+
+
+def _closest_pair(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) index j * k + l of the closest pair of centers and its distance."""
+    n_batch, k, _ = mu.shape
+    if k < 2:
+        return np.full(n_batch, -1), np.full(n_batch, np.inf)
+    dist = np.linalg.norm(mu[:, :, None, :] - mu[:, None, :, :], axis=3)
+    dist[:, np.arange(k), np.arange(k)] = np.inf
+    flat = dist.reshape(n_batch, -1)
+    idx = np.argmin(flat, axis=1)
+    return idx, flat[np.arange(n_batch), idx]
+
+
+def _merging(
+    dist: np.ndarray, pair: np.ndarray, step: np.ndarray, tol: float
+) -> np.ndarray:
+    """The slow-merge test of the module docstring on (b, W + 1) histories."""
+    width = dist.shape[1] - 1
+    half = width // 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        full = np.all(np.isfinite(dist), axis=1) & np.all(pair == pair[:, :1], axis=1)
+        falls = -np.diff(dist, axis=1)
+        monotone = np.all(falls > 0.0, axis=1)
+        slow = dist[:, -1] >= dist[:, 0] * (1.0 - _MERGE_SLOW) ** width
+        pair_moves = step <= 2.0 * falls[:, -1] + tol
+        fall_a = dist[:, 0] - dist[:, half]
+        fall_b = dist[:, half] - dist[:, 2 * half]
+        level_a = 0.5 * (dist[:, 0] + dist[:, half])
+        level_b = 0.5 * (dist[:, half] + dist[:, 2 * half])
+        power = np.log(fall_a / fall_b) / np.log(level_a / level_b)
+        fits = (power >= _MERGE_POWER[0]) & (power <= _MERGE_POWER[1])
+    return full & monotone & slow & pair_moves & fits
