@@ -68,12 +68,12 @@ def test_tighter_tol_changes_no_outcome(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_converged_fixed_point_is_close_to_limit(backend: str) -> None:
-    data, init = overlapping_problem(n_sets=3, n_starts=3)
+    data, init = overlapping_problem(n_sets=2, n_starts=3)
     tol = 1e-6
     result = fit_em(data, init, max_iter=50_000, tol=tol, backend=backend)
     for r, s in zip(*np.nonzero(result.end == END_CONVERGED), strict=True):
         mu = result.centers[r, s, :, 0]
-        limit = em_steps(data[r, :, 0], mu, 3000)
+        limit = em_steps(data[r, :, 0], mu, 2000)
         # The rule's promise: the returned centers are within about tol of
         # the point EM converges to (10 tol: slack for the estimated rate).
         assert np.abs(limit - mu).max() <= 10 * tol
@@ -125,7 +125,7 @@ def test_linear_merge_and_slow_split_converge(backend: str) -> None:
         result = fit_em(data, init, max_iter=100_000, tol=tol, backend=backend)
         assert result.end[0, 0] == END_CONVERGED
         mu = result.centers[0, 0, :, 0]
-        limit = em_steps(data[0, :, 0], mu, 20_000)
+        limit = em_steps(data[0, :, 0], mu, 8000)
         assert np.abs(limit - mu).max() <= 10 * tol
         if variance < 1:
             assert abs(mu[1] - mu[0]) <= 10 * tol
@@ -135,10 +135,10 @@ def test_linear_merge_and_slow_split_converge(backend: str) -> None:
 
 def test_slow_plateau_is_not_a_fixed_point() -> None:
     # Synthetic paths fed to the rule: a plateau that creeps at a constant,
-    # tiny speed never converges, and one that decelerates with rate 0.999
+    # tiny speed never converges, and one that decelerates with rate 0.99
     # stops exactly when step * rho / (1 - rho) first falls below tol.
     tol = 1e-6
-    rho = 0.999
+    rho = 0.99
     creep = _ConvergenceMonitor(1, 2, tol)
     slow = _ConvergenceMonitor(1, 2, tol)
     base = np.array([[[0.0, 0.0], [5.0, 0.0]]])
@@ -146,13 +146,13 @@ def test_slow_plateau_is_not_a_fixed_point() -> None:
     creep_pos = base.copy()
     slow_pos = base.copy()
     stopped_at = None
-    for n in range(1, 5001):
+    for n in range(1, 1001):
         new = creep_pos + np.array([1e-10, 0.0])
         converged, merging = creep.update(active, creep_pos, new, n)
         assert not converged[0] and not merging[0]
         creep_pos = new
 
-        new = slow_pos + np.array([1e-8 * rho**n, 0.0])
+        new = slow_pos + np.array([1e-7 * rho**n, 0.0])
         converged, merging = slow.update(active, slow_pos, new, n)
         assert not merging[0]
         if converged[0] and stopped_at is None:
@@ -160,7 +160,7 @@ def test_slow_plateau_is_not_a_fixed_point() -> None:
         slow_pos = new
 
     def remaining(n: int) -> float:
-        return 1e-8 * rho**n * rho / (1 - rho)
+        return 1e-7 * rho**n * rho / (1 - rho)
 
     assert stopped_at is not None
     # Up to rounding of the measured ratios (1e-9 relative).
