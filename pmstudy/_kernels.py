@@ -27,7 +27,7 @@ from numba import njit, prange
 from threadpoolctl import ThreadpoolController
 
 from pmstudy._kernel_small import small_kernel
-from pmstudy.fastexp import fast_exp
+from pmstudy.fastexp import fast_exp_nonpositive
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _softmax_columns(logits, half_sq, top, total):
         total[t] = 0.0
     for j in range(k):
         for t in range(p):
-            e = fast_exp(logits[j, t] + half_sq[j] - top[t])
+            e = fast_exp_nonpositive(logits[j, t] + half_sq[j] - top[t])
             logits[j, t] = e
             total[t] += e
     for t in range(p):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from pmstudy._kernel_small import small_kernel
 from pmstudy._kernels import (
@@ -12,7 +13,7 @@ from pmstudy._kernels import (
     loglik_runs,
     use_small_kernel,
 )
-from pmstudy.fastexp import fast_exp, fast_exp_array
+from pmstudy.fastexp import fast_exp, fast_exp_array, fast_exp_nonpositive
 
 TINY = np.finfo(np.float64).tiny  # smallest normal
 SUBNORMAL_STEP = np.nextafter(0.0, 1.0)  # 4.9e-324
@@ -77,6 +78,21 @@ def test_fast_exp_overflow_and_specials() -> None:
     assert np.isnan(fast_exp(np.nan))
     assert fast_exp(0.0) == 1.0
     assert fast_exp(-0.0) == 1.0
+
+
+@njit
+def _nonpositive_array(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = fast_exp_nonpositive(x[i])
+    return out
+
+
+def test_kernel_exp_equals_fast_exp_where_used() -> None:
+    # The kernels' variant drops only overflow and NaN handling.
+    x = exp_inputs()
+    x = np.concatenate([x[x <= 0], [-np.inf, -1e300]])
+    np.testing.assert_array_equal(_nonpositive_array(x), fast_exp_array(x))
 
 
 def test_fast_exp_is_monotone_on_a_fine_grid() -> None:
