@@ -67,6 +67,17 @@ involve ``tol`` and fires long before D reaches ``tol`` (at D of order 0.1), so
 tightening ``tol`` does not change the end kind. If both tests fire at the
 same step, `END_MERGING` wins, for the same reason.
 
+Backends
+--------
+"numpy" is the plain reference path (array expressions, points in chunks of
+fixed size so that memory stays bounded). "numba" runs the compiled kernels
+of `pmstudy._kernels`: a fused kernel generated per small (k, d), blocks of
+points with BLAS for large k * d, both parallel over runs; they take several
+steps per call and the rule above then walks the recorded path, so a run
+stops at exactly the step it would stop at one step at a time. "auto" is
+numba when it imports. The two backends agree to rounding (about 1e-14), not
+bit for bit; each is bit-for-bit independent of the batch.
+
 Starved centers
 ---------------
 A center far from every point gets responsibilities that all underflow to
