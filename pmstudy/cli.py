@@ -70,7 +70,7 @@ class _Progress:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pmstudy.run import run_study
+    from pmstudy.run import BlocksFailed, run_study
     from pmstudy.study import load_spec
 
     study = load_spec(args.spec)
@@ -82,13 +82,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             workers=args.workers,
             scheduler=args.scheduler,
             scheduler_file=args.scheduler_file,
+            cluster=args.cluster or "local",
             on_progress=progress,
         )
+    except BlocksFailed as error:
+        print(f"pmstudy: error: {error}", file=sys.stderr)
+        return 1
     finally:
         progress.close()
+    busy = (
+        f"; workers busy {100 * summary.utilization:.1f}% of "
+        f"{summary.run_seconds:.1f} s"
+        if summary.tasks_run
+        else ""
+    )
     print(
         f"{summary.store}: {summary.tasks_run} block(s) run, "
-        f"{summary.tasks_skipped} already done, in {summary.seconds:.1f} s"
+        f"{summary.tasks_skipped} already done, in {summary.seconds:.1f} s{busy}"
     )
     if args.report:
         return _cmd_report(
@@ -104,6 +114,13 @@ def _check_alpha(alpha: float) -> None:
 
     if not ALPHA_MIN <= alpha < 1:
         raise SpecError("--alpha", alpha, f"a number in [{ALPHA_MIN:g}, 1)")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pmstudy.status import format_status, study_status
+
+    sys.stdout.write(format_status(study_status(args.store), args.format))
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -133,7 +150,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     out_dir = args.output or default_figure_dir(args.store)
     with open_store(args.store) as ds:
         paths = write_figures(
-            ds, out_dir, method=args.interval, alpha=args.alpha, formats=args.formats
+            ds,
+            out_dir,
+            method=args.interval,
+            alpha=args.alpha,
+            formats=args.formats,
+            census_starts=args.census,
         )
     for path in paths:
         print(path)
@@ -223,15 +245,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", help="study spec (TOML)")
     run.add_argument("--store", help="store path or URL (default: the spec's `store`)")
     run.add_argument(
-        "--workers", type=_positive_int, help="local worker processes (default: cores)"
+        "--workers",
+        type=_positive_int,
+        help="worker processes (default: one per core; on SLURM, one job's)",
     )
     where = run.add_mutually_exclusive_group()
     where.add_argument(
         "--scheduler", metavar="ADDRESS", help="an existing Dask scheduler"
     )
     where.add_argument("--scheduler-file", metavar="FILE", help="a Dask scheduler file")
+    where.add_argument(
+        "--cluster",
+        choices=("local", "slurm"),
+        help="cluster to start (default: local; slurm reads jobqueue.slurm.*)",
+    )
     run.add_argument("--report", action="store_true", help="print the report when done")
     run.set_defaults(handler=_cmd_run)
+
+    status = commands.add_parser("status", help="how much of a study is done")
+    status.add_argument("store", help="store path or URL")
+    status.add_argument("--format", choices=("table", "json"), default="table")
+    status.set_defaults(handler=_cmd_status)
 
     report = commands.add_parser("report", help="P_m per cell with intervals")
     report.add_argument("store", help="store path or URL")
@@ -268,6 +302,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("png", "svg", "pdf"),
         default=["png", "svg"],
         help="file formats (default: png svg)",
+    )
+    plot.add_argument(
+        "--census",
+        type=int,
+        metavar="N",
+        help="starts per scheme of the landscape census drawn on the centers "
+        "figure; 0 for none (default: 16 in d = 1, none in d = 2)",
     )
     plot.set_defaults(handler=_cmd_plot)
 

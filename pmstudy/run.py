@@ -4,7 +4,9 @@ One task handles one replicate block of one (m, separation) pair: it samples the
 block's data sets, draws every scheme's initial centers on each, runs one batched
 EM over (oracle + schemes) x replicates, and judges the outcomes. Results are small
 and travel back to the client, which alone writes them into the store as tasks
-finish. Tasks already in the store are skipped, so a rerun resumes.
+finish. Blocks already whole in the store are skipped, so a rerun resumes; a block
+that a killed client left half-written is run again. Where the tasks run is
+`pmstudy.clusters`' business.
 
 Every random stream is keyed by stable values (see `pmstudy.seeds`), and every EM
 run's result is independent of the other runs in its batch, so the store is the
@@ -13,35 +15,99 @@ same bit for bit whatever the number of workers.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pmstudy import em, mixture, schemes, seeds
+from pmstudy.clusters import open_client
 from pmstudy.outcome import SUCCESS, UNDECIDED, judge, matched_distance
-from pmstudy.store import completed_blocks, prepare_store, true_centers, write_block
+from pmstudy.store import (
+    BlockState,
+    StoreWriter,
+    block_states,
+    prepare_store,
+    true_centers,
+)
 from pmstudy.study import Study, Task
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunSummary", "run_block", "run_study"]
+__all__ = ["BlocksFailed", "RunSummary", "run_block", "run_study"]
+
+
+# Tasks submitted but not finished, per worker thread: enough that no worker
+# waits for the client, few enough that a study of any size costs the scheduler
+# and the workers the same.
+_IN_FLIGHT_PER_THREAD = 4
+_MIN_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a call to `run_study` did."""
+    """What a call to `run_study` did.
+
+    Attributes
+    ----------
+    store : str
+    tasks_total, tasks_skipped, tasks_run : int
+        Blocks of the study; already whole in the store; run and written now.
+    seconds : float
+        Wall time of the whole call, cluster start included.
+    compute_seconds : float
+        Sum over the tasks run of their time inside `run_block` on a worker.
+    run_seconds : float
+        Wall time from the first submission to the last result.
+    thread_seconds : float
+        Worker threads present, integrated over `run_seconds`.
+    """
 
     store: str
     tasks_total: int
     tasks_skipped: int
     tasks_run: int
     seconds: float
+    compute_seconds: float = 0.0
+    run_seconds: float = 0.0
+    thread_seconds: float = 0.0
+
+    @property
+    def utilization(self) -> float:
+        """Fraction of the workers' time spent inside tasks (NaN if none ran).
+
+        One minus it is the overhead of scheduling, transfer and writing, as seen
+        by the workers.
+        """
+        if self.thread_seconds <= 0:
+            return math.nan
+        return self.compute_seconds / self.thread_seconds
+
+
+class BlocksFailed(RuntimeError):
+    """Some tasks failed; every other block was written. A rerun retries them.
+
+    Attributes
+    ----------
+    summary : RunSummary
+    failures : list of (Task, BaseException)
+    """
+
+    def __init__(
+        self, summary: RunSummary, failures: list[tuple[Task, BaseException]]
+    ) -> None:
+        self.summary = summary
+        self.failures = failures
+        task, error = failures[0]
+        super().__init__(
+            f"{len(failures)} block(s) failed, the first (m={task.m:g}, "
+            f"separation={task.separation:g}, replicates {task.start}-"
+            f"{task.stop - 1}) with {error!r}; the rest is written, rerun to retry"
+        )
 
 
 def _initial_centers(
@@ -224,40 +290,16 @@ def _reached_truth(
     return np.swapaxes(out, 0, 1)
 
 
-@contextlib.contextmanager
-def _client(
-    workers: int | None, scheduler: str | None, scheduler_file: str | None
-) -> Iterator[object]:
-    """A distributed Client: an existing cluster's, or a new local one."""
-    from distributed import Client, LocalCluster
+def _timed_block(study: Study, task: Task) -> tuple[dict[str, np.ndarray], float]:
+    """`run_block` and the seconds it took on its worker."""
+    started = time.perf_counter()
+    block = run_block(study, task)
+    return block, time.perf_counter() - started
 
-    if scheduler or scheduler_file:
-        client = Client(address=scheduler, scheduler_file=scheduler_file)
-        logger.info("connected to scheduler %s", client.scheduler.address)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    n_workers = workers or os.cpu_count() or 1
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )
-    client = Client(cluster)
-    logger.info(
-        "local cluster of %d worker(s); dashboard at %s",
-        n_workers,
-        client.dashboard_link,
-    )
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
+
+def _threads(client: Any) -> int:
+    """Worker threads the scheduler knows of right now."""
+    return sum(client.nthreads().values())
 
 
 def run_study(
@@ -267,56 +309,139 @@ def run_study(
     workers: int | None = None,
     scheduler: str | None = None,
     scheduler_file: str | None = None,
+    cluster: str = "local",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RunSummary:
-    """Run every task of `study` not yet in its store, and write the results.
+    """Run every task of `study` not yet whole in its store, and write the results.
+
+    A block is skipped only if every chunk of it is whole (see
+    `pmstudy.store.block_states`); a block half-written by a client that died is
+    run again and overwritten in place. Tasks go to the cluster a few per worker
+    thread at a time, so that neither the scheduler nor the workers hold more than
+    that, whatever the size of the study. A task lost with its worker is rerun by
+    Dask elsewhere; a task that fails is logged, the others go on, and
+    `BlocksFailed` is raised at the end.
 
     Parameters
     ----------
     study : Study
     store : str, optional
-        Store location; defaults to the spec's.
+        Store location, a path or an fsspec URL; defaults to the spec's.
     workers : int, optional
-        Worker processes of the local cluster (default: one per core).
+        Worker processes of the local cluster (default: one per core), or of the
+        SLURM cluster.
     scheduler, scheduler_file : str, optional
-        Use an existing Dask cluster instead of a local one.
+        Use an existing Dask cluster instead of starting one.
+    cluster : {"local", "slurm"}
+        The kind of cluster to start when no scheduler is given.
     on_progress : callable, optional
         Called as ``on_progress(done, total)`` after each block is written.
 
     Returns
     -------
     RunSummary
+
+    Raises
+    ------
+    BlocksFailed
+        If some tasks failed; every other block has been written.
     """
     from distributed import as_completed
 
     path = store or study.store
     started = time.perf_counter()
     prepare_store(study, path)
-    done = completed_blocks(study, path)
-    tasks = [
-        t for t in study.tasks() if (t.m_index, t.separation_index, t.start) not in done
-    ]
-    total = len(done) + len(tasks)
+    states = block_states(study, path)
+    tasks = [task for task, state in states.items() if state is not BlockState.DONE]
+    total = len(states)
+    partial = sum(state is BlockState.PARTIAL for state in states.values())
     logger.info(
-        "%d of %d blocks already in the store; %d to run", len(done), total, len(tasks)
+        "%d of %d blocks already in the store; %d to run (%d partly written)",
+        total - len(tasks),
+        total,
+        len(tasks),
+        partial,
     )
     if on_progress is not None:
-        on_progress(len(done), total)
+        on_progress(total - len(tasks), total)
 
+    failures: list[tuple[Task, BaseException]] = []
+    compute_seconds = thread_seconds = run_seconds = 0.0
     if tasks:
-        with _client(workers, scheduler, scheduler_file) as client:
-            [study_future] = client.scatter([study], broadcast=True)
-            futures = {
-                client.submit(run_block, study_future, task, pure=False): task
-                for task in tasks
-            }
-            finished = len(done)
-            for future in as_completed(futures):
-                task = futures.pop(future)
-                write_block(study, path, task, future.result())
+        with (
+            open_client(
+                cluster=cluster,
+                workers=workers,
+                scheduler=scheduler,
+                scheduler_file=scheduler_file,
+            ) as client,
+            StoreWriter(study, path) as writer,
+        ):
+            queue = iter(tasks)
+            in_flight: dict[Any, Task] = {}
+            # Its own client's loop: an empty `as_completed` would take the loop of
+            # the process's default client, which may be another one.
+            results = as_completed(loop=client.loop)
+
+            def top_up(threads: int) -> None:
+                limit = max(_MIN_IN_FLIGHT, _IN_FLIGHT_PER_THREAD * threads)
+                while len(in_flight) < limit:
+                    task = next(queue, None)
+                    if task is None:
+                        return
+                    # The study travels with each task (a few kB): data scattered
+                    # once could be lost with the workers holding it.
+                    future = client.submit(_timed_block, study, task, pure=False)
+                    in_flight[future] = task
+                    results.add(future)
+
+            threads = _threads(client)
+            top_up(threads)
+            last = run_started = time.perf_counter()
+            finished = total - len(tasks)
+            for future in results:
+                task = in_flight.pop(future)
+                try:
+                    block, seconds = future.result()
+                except Exception as error:
+                    failures.append((task, error))
+                    logger.error("task %s failed: %r", task, error)
+                else:
+                    writer.write(task, block)
+                    compute_seconds += seconds
+                    finished += 1
+                    if on_progress is not None:
+                        on_progress(finished, total)
                 future.release()
-                finished += 1
-                if on_progress is not None:
-                    on_progress(finished, total)
-    seconds = time.perf_counter() - started
-    return RunSummary(path, total, len(done), len(tasks), seconds)
+                # Worker threads present, integrated over time: the capacity that
+                # the compute seconds are measured against.
+                now = time.perf_counter()
+                thread_seconds += threads * (now - last)
+                last = now
+                threads = _threads(client)
+                top_up(threads)
+            run_seconds = time.perf_counter() - run_started
+
+    summary = RunSummary(
+        path,
+        total,
+        total - len(tasks),
+        len(tasks) - len(failures),
+        time.perf_counter() - started,
+        compute_seconds=compute_seconds,
+        run_seconds=run_seconds,
+        thread_seconds=thread_seconds,
+    )
+    if tasks:
+        logger.info(
+            "%d block(s) in %.1f s; tasks computed %.1f s of %.1f worker-thread "
+            "seconds (utilization %.1f%%)",
+            summary.tasks_run,
+            run_seconds,
+            compute_seconds,
+            thread_seconds,
+            100 * summary.utilization,
+        )
+    if failures:
+        raise BlocksFailed(summary, failures)
+    return summary

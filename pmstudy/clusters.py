@@ -1,0 +1,152 @@
+"""Where a study's tasks run: a local cluster, an existing one, or a SLURM one.
+
+`open_client` hands `pmstudy.run` a connected `distributed.Client`:
+
+- ``local`` (the default): a `distributed.LocalCluster` of worker processes with
+  one thread each, on 127.0.0.1;
+- an existing cluster, by scheduler address or scheduler file (started with
+  ``dask scheduler`` / ``dask worker``, ``dask ssh``, the dask-kubernetes operator,
+  ...): see ``cluster/`` for recipes;
+- ``slurm``: a dask-jobqueue `SLURMCluster` whose settings come from dask's own
+  configuration (``jobqueue.slurm.*``, e.g. ``~/.config/dask/jobqueue.yaml``); see
+  ``cluster/slurm/README.md``.
+
+Each worker runs one task at a time on one thread: a task is one batched EM, and
+the kernel uses the core it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from pmstudy.errors import SpecError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLUSTERS", "local_cluster", "open_client", "slurm_cluster"]
+
+CLUSTERS = ("local", "slurm")
+
+
+def local_cluster(workers: int | None = None) -> Any:
+    """A `distributed.LocalCluster` on 127.0.0.1: processes, one thread each.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes; default one per core.
+    """
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers or os.cpu_count() or 1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
+
+
+def slurm_cluster(**overrides: Any) -> Any:
+    """A dask-jobqueue `SLURMCluster` configured from ``jobqueue.slurm.*``.
+
+    Nothing is submitted until the cluster is scaled. Settings come from dask's
+    configuration (files under ``~/.config/dask/``, ``DASK_*`` variables); the
+    keyword arguments override them. Unless the configuration says otherwise,
+    each worker process gets one thread.
+
+    Raises
+    ------
+    SpecError
+        If dask-jobqueue is not installed.
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise SpecError(
+            "--cluster",
+            "slurm",
+            "a cluster whose package is installed: pip install 'pmstudy[slurm]'",
+        ) from None
+    import dask
+
+    options = dict(overrides)
+    cores = options.get("cores", dask.config.get("jobqueue.slurm.cores", None))
+    processes = options.get(
+        "processes", dask.config.get("jobqueue.slurm.processes", None)
+    )
+    if cores and processes is None:
+        # One process per core, one thread each, unless configured otherwise.
+        options["processes"] = cores
+    return SLURMCluster(**options)
+
+
+@contextlib.contextmanager
+def open_client(
+    *,
+    cluster: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+) -> Iterator[Any]:
+    """A connected `distributed.Client`; its cluster, if made here, closes after.
+
+    Parameters
+    ----------
+    cluster : {"local", "slurm"}
+        The cluster to start when no scheduler is given.
+    workers : int, optional
+        Worker processes: of the local cluster (default one per core), or to
+        scale a SLURM cluster to (default one job's worth).
+    scheduler, scheduler_file : str, optional
+        Connect to an existing cluster instead.
+
+    Raises
+    ------
+    SpecError
+        For an unknown cluster, or one combined with a scheduler.
+    """
+    from distributed import Client
+
+    if cluster not in CLUSTERS:
+        raise SpecError("--cluster", cluster, f"one of {list(CLUSTERS)}")
+    if scheduler or scheduler_file:
+        if cluster != "local":
+            raise SpecError("--cluster", cluster, "left out when a scheduler is given")
+        client = Client(address=scheduler, scheduler_file=scheduler_file)
+        logger.info("connected to scheduler %s", client.scheduler.address)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    if cluster == "slurm":
+        made = slurm_cluster()
+        if workers:
+            made.scale(n=workers)
+        else:
+            made.scale(jobs=1)
+        client = Client(made)
+        logger.info(
+            "SLURM cluster: %s worker(s) requested; dashboard at %s",
+            workers or "one job's",
+            client.dashboard_link,
+        )
+    else:
+        made = local_cluster(workers)
+        client = Client(made)
+        logger.info(
+            "local cluster of %d worker(s); dashboard at %s",
+            len(made.workers),
+            client.dashboard_link,
+        )
+    try:
+        yield client
+    finally:
+        client.close()
+        made.close()
