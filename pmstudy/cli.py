@@ -163,10 +163,20 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pmstudy.bench import format_bench, run_bench
+    if args.population:
+        from pmstudy.population_bench import (
+            format_population_bench,
+            run_population_bench,
+        )
 
-    result = run_bench(quick=args.quick, repeats=args.repeats)
-    sys.stdout.write(format_bench(result, args.format))
+        result = run_population_bench(quick=args.quick, repeats=args.repeats)
+        text = format_population_bench(result, args.format)
+    else:
+        from pmstudy.bench import format_bench, run_bench
+
+        result = run_bench(quick=args.quick, repeats=args.repeats)
+        text = format_bench(result, args.format)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -316,6 +326,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--format", choices=("table", "json"), default="table")
     bench.add_argument("--quick", action="store_true", help="small workloads (~30 s)")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats")
+    bench.add_argument(
+        "--population",
+        action="store_true",
+        help="population EM instead: error against time for r = 1, 2, 3",
+    )
     bench.set_defaults(handler=_cmd_bench)
 
     land = commands.add_parser(
