@@ -36,7 +36,7 @@ name = "simplex"
 
 [grid]
 separation = [4.0, 6.0]
-m = [40, 100]
+m = [40]
 
 [em]
 max_iter = 400
@@ -139,7 +139,7 @@ def test_a_study_in_s3_runs_resumes_and_reports(s3, small, dask_cluster, capsys)
     assert s3.exists(f"{BUCKET}/studies/remote.zarr/zarr.json")
 
     # Lose one block's outcome object, cut another's centers short.
-    lost, cut = tasks[1], tasks[6]
+    lost, cut = tasks[1], tasks[2]
     s3.rm(f"{BUCKET}/studies/remote.zarr/{_key(study, 'outcome', lost)}")
     key = f"{BUCKET}/studies/remote.zarr/{_key(study, 'centers_final', cut)}"
     s3.pipe(key, s3.cat(key)[:9])
@@ -150,7 +150,7 @@ def test_a_study_in_s3_runs_resumes_and_reports(s3, small, dask_cluster, capsys)
 
     # Resume: exactly the two damaged blocks are run again.
     assert main(run) == 0
-    assert "2 block(s) run, 6 already done" in capsys.readouterr().out
+    assert f"2 block(s) run, {len(tasks) - 2} already done" in capsys.readouterr().out
     assert_same_store(url, reference)
 
     assert main(["report", url, "--format", "csv"]) == 0
