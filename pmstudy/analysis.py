@@ -15,6 +15,10 @@ Beyond P_m itself this module answers three questions a reader of a study asks:
   many true centers were merged away and how many were split. Merged and split
   centers come together (k estimates on k true centers: one left empty means
   another holds two), so the pattern (n_merged, n_split) is the useful unit.
+- *Is one scheme better?* Every scheme runs on the very same data sets, so two
+  schemes compare pairwise, replicate by replicate; only the discordant pairs
+  (one succeeds, the other does not) carry information, and McNemar's exact
+  test on them is far more powerful than comparing two separate intervals.
 - *Whose fault is a failure?* Where the store has ``population_success``
   (population EM from the run's own initial centers), a failure is
   *landscape-caused* if population EM fails too, and *finite-sample-caused* if
@@ -46,6 +50,7 @@ __all__ = [
     "clopper_pearson",
     "failure_structure_counts",
     "interval",
+    "paired_comparison",
     "reach_sample_size",
     "study_summary",
     "transition_rows",
@@ -469,3 +474,59 @@ def study_summary(
         "cells": rows,
         "transitions": transition_rows(rows, levels),
     }
+
+
+def paired_comparison(
+    ds: xr.Dataset, scheme_a: str, scheme_b: str
+) -> list[dict[str, Any]]:
+    """Compare two schemes run on the same data sets, one row per (m, separation).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An opened study store.
+    scheme_a, scheme_b : str
+        Labels on the store's scheme axis.
+
+    Returns
+    -------
+    list of dict
+        Keys ``m``, ``separation``, ``n`` (replicates computed for both),
+        ``a_only`` (A succeeded, B did not), ``b_only``, ``difference``
+        (P_m of A minus P_m of B on those replicates; None if ``n = 0``) and
+        ``p_value``: McNemar's exact two-sided test, a binomial test of
+        ``a_only`` out of ``a_only + b_only`` against 1/2 (1.0 when no pair is
+        discordant, None if ``n = 0``).
+    """
+    labels = [str(s) for s in ds["scheme"].values]
+    for name, label in (("scheme_a", scheme_a), ("scheme_b", scheme_b)):
+        if label not in labels:
+            raise SpecError(name, label, f"one of the store's schemes {labels}")
+    a = ds["outcome"].sel(scheme=scheme_a).values
+    b = ds["outcome"].sel(scheme=scheme_b).values
+    both = (a >= 0) & (b >= 0)
+    win_a = both & (a == SUCCESS) & (b != SUCCESS)
+    win_b = both & (b == SUCCESS) & (a != SUCCESS)
+    rows = []
+    for i, j in np.ndindex(a.shape[:2]):
+        n = int(both[i, j].sum())
+        a_only, b_only = int(win_a[i, j].sum()), int(win_b[i, j].sum())
+        discordant = a_only + b_only
+        if n == 0:
+            p_value = None
+        elif discordant == 0:
+            p_value = 1.0
+        else:
+            p_value = float(stats.binomtest(a_only, discordant, 0.5).pvalue)
+        rows.append(
+            {
+                "m": _number(float(ds["m"].values[i])),
+                "separation": _number(float(ds["separation"].values[j])),
+                "n": n,
+                "a_only": a_only,
+                "b_only": b_only,
+                "difference": (a_only - b_only) / n if n else None,
+                "p_value": p_value,
+            }
+        )
+    return rows

@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from pmstudy.analysis import cell_rows, failure_structure_counts
@@ -38,6 +39,7 @@ __all__ = [
     "default_figure_dir",
     "failure_origin_figure",
     "failure_structure_figure",
+    "landscape_points",
     "phase_figure",
     "pm_figure",
     "write_figures",
@@ -64,7 +66,9 @@ def _figure(n_panels: int, *, panel: tuple[float, float]) -> tuple[Figure, list[
     """A figure with `n_panels` axes in rows of at most `_COLS`, on an Agg canvas."""
     cols = min(n_panels, _COLS)
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(panel[0] * cols, panel[1] * rows), layout="constrained")
+    # Never so narrow that the title is cut; room below for the legend.
+    width = max(7.5, panel[0] * cols + 0.5)
+    fig = Figure(figsize=(width, panel[1] * rows + 0.9), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
@@ -165,9 +169,15 @@ def pm_figure(ds: xr.Dataset, *, method: str = "wilson", alpha: float = 0.05) ->
     axes[0].set_ylabel("P_m: probability EM reaches the global max")
     handles, labels = axes[0].get_legend_handles_labels()
     if any(r["m"] == "inf" and r["n"] for r in rows):
-        handles.append(axes[0].plot([], [], color="0.3", ls="--")[0])
+        handles.append(Line2D([], [], color="0.3", ls="--"))
         labels.append("P_\u221e (m = \u221e)")
-    fig.legend(handles, labels, loc="outside right upper", title="scheme", fontsize=8)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=min(4, len(handles)),
+        fontsize=8,
+    )
     fig.suptitle(_title(ds, f"P_m with {interval_name(method, alpha)} interval bands"))
     return fig
 
@@ -259,7 +269,7 @@ def _bar_grid(
         fractions = [np.where(n > 0, counts / n, 0.0) for _, _, counts, _ in layers]
     top = max(0.05, float(np.sum(fractions, axis=0).max()) * 1.1) if fractions else 1.0
     fig = Figure(
-        figsize=(2.6 * len(schemes) + 2.5, 2.2 * len(separations) + 0.8),
+        figsize=(max(7.5, 2.6 * len(schemes) + 1.2), 2.2 * len(separations) + 1.2),
         layout="constrained",
     )
     FigureCanvasAgg(fig)
@@ -313,7 +323,7 @@ def _bar_grid(
         fig.legend(
             handles=handles,
             loc="outside lower center",
-            ncols=min(4, len(handles)),
+            ncols=min(2, len(handles)),
             fontsize=8,
         )
     fig.suptitle(title)
@@ -487,7 +497,7 @@ def centers_figure(
                 ax.axvline(x, color="black", lw=1.2)
             ax.set_yticks(ticks, tick_labels, fontsize=7)
             ax.set_ylabel("failed runs")
-            ax.set_xlabel("center position (\u03c3 units); black lines: true centers")
+            ax.set_xlabel("center position (\u03c3 units)")
             if row == 0:
                 ax.text(0.5, 0.5, "no failed runs", transform=ax.transAxes, ha="center")
             ax.invert_yaxis()
@@ -505,15 +515,98 @@ def centers_figure(
             ax.set_xlabel("x\u2081 (\u03c3 units)")
             ax.set_ylabel("x\u2082 (\u03c3 units)")
     handles = [
-        axes[0].plot([], [], ls="none", ms=5, label=scheme, **_style(s))[0]
+        Line2D([], [], ls="none", ms=5, label=scheme, **_style(s))
         for s, scheme in enumerate(schemes)
     ]
-    fig.legend(handles=handles, loc="outside right upper", title="scheme", fontsize=8)
+    if d == 1:
+        handles.append(Line2D([], [], color="black", lw=1.2, label="true centers"))
+    else:
+        handles.append(
+            Line2D([], [], ls="none", marker="*", ms=10, color="black", label="truth")
+        )
     what = "final centers of failed runs"
     if critical_points is not None:
-        what += " and bad population critical points"
+        what += " and the landscape's bad critical points"
+        handles.append(
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="D",
+                mfc="none",
+                mec="black",
+                ms=7,
+                label="bad critical point\n(population census)",
+            )
+        )
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(4, len(handles)),
+        fontsize=8,
+    )
     fig.suptitle(_title(ds, what))
     return fig
+
+
+def landscape_points(ds: xr.Dataset, n_starts: int) -> list[np.ndarray]:
+    """Bad critical points of the population likelihood, by a census per separation.
+
+    From `n_starts` starts of each of the study's schemes, drawn as at m = inf
+    (each on its own proxy sample, with the study's seeds, so they are the
+    study's own m = inf starts where it has them), population EM runs to its
+    end, and `pmstudy.landscape.census` polishes and classifies the end points.
+    Every distinct point except the global maximum (and runs left undecided) is
+    returned: the bad local maxima, and any saddle or degenerate point reached.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        An opened study store (its spec is read from the attributes).
+    n_starts : int
+        Starts per scheme and separation.
+
+    Returns
+    -------
+    list of ndarray of shape (n_points, k, d)
+        One array per separation, in the store's order.
+    """
+    from pmstudy import landscape
+    from pmstudy.landscape_cli import census_inits
+    from pmstudy.study import parse_spec
+
+    study = parse_spec(ds.attrs["spec"])
+    specs = [(s.label, s.name, s.params) for s in study.schemes]
+    out = []
+    for j, separation in enumerate(ds["separation"].values):
+        centers_true = ds["centers_true"].values[j]
+        inits = census_inits(
+            centers_true,
+            specs,
+            n_inits=n_starts,
+            seed=study.seed,
+            separation=float(separation),
+            proxy_size=study.proxy_size,
+        )
+        result = landscape.census(
+            centers_true,
+            inits,
+            max_iter=study.population_max_iter,
+            tol=study.population_tol,
+        )
+        bad = [
+            point["centers"]
+            for point in result["critical_points"]
+            if point["kind"] != "global maximum"
+        ]
+        out.append(np.array(bad, dtype=np.float64).reshape(-1, study.k, study.d))
+        logger.info(
+            "census at separation %g: %d bad critical point(s) from %d starts",
+            separation,
+            len(bad),
+            n_starts * len(specs),
+        )
+    return out
 
 
 def default_figure_dir(store: str) -> str:
@@ -534,11 +627,19 @@ def write_figures(
     alpha: float = 0.05,
     formats: Sequence[str] = ("png", "svg"),
     dpi: int = 150,
+    census_starts: int | None = None,
 ) -> list[Path]:
     """Write every figure that applies to the store, in every format.
 
     Files are ``pm``, ``phase``, ``failure_structure``, ``failure_origin`` (with a
     population reference) and ``centers`` (d <= 2), each with each suffix.
+
+    Parameters
+    ----------
+    census_starts : int, optional
+        Starts per scheme of the landscape census whose bad critical points the
+        centers figure shows (see `landscape_points`); 0 for none. By default 16
+        when d = 1 (seconds) and 0 when d = 2, where a census takes minutes.
 
     Returns
     -------
@@ -548,15 +649,23 @@ def write_figures(
     for fmt in formats:
         if fmt not in FORMATS:
             raise SpecError("--formats", fmt, f"one of {', '.join(FORMATS)}")
+    if census_starts is not None and census_starts < 0:
+        raise SpecError("--census", census_starts, "an integer >= 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ds = ds.load()
+    d = ds.sizes["axis"]
+    if census_starts is None:
+        census_starts = 16 if d == 1 else 0
+        if d == 2:
+            logger.info("no landscape census in d = 2 unless asked (--census N)")
+    critical = landscape_points(ds, census_starts) if census_starts and d <= 2 else None
     figures = {
         "pm": pm_figure(ds, method=method, alpha=alpha),
         "phase": phase_figure(ds),
         "failure_structure": failure_structure_figure(ds),
         "failure_origin": failure_origin_figure(ds),
-        "centers": centers_figure(ds),
+        "centers": centers_figure(ds, critical_points=critical),
     }
     paths = []
     for name, fig in figures.items():

@@ -19,6 +19,7 @@ from pmstudy.analysis import (
     clopper_pearson,
     failure_structure_counts,
     interval,
+    paired_comparison,
     reach_sample_size,
     study_summary,
     wilson,
@@ -458,3 +459,33 @@ def test_no_failures_gives_an_empty_structure_axis(tmp_path):
 def test_summary_rejects_bad_levels(store):
     with pytest.raises(SpecError, match="^levels"):
         study_summary(store, levels=(0.0,))
+
+
+def test_paired_comparison_against_a_loop_and_an_exact_sum(store):
+    ds = store
+    rows = paired_comparison(ds, "forgy", "kmeans++")
+    assert len(rows) == ds.sizes["m"] * ds.sizes["separation"]
+    a = ds["outcome"].sel(scheme="forgy").values
+    b = ds["outcome"].sel(scheme="kmeans++").values
+    for row in rows:
+        i = list(ds["m"].values).index(_m_of(row))
+        j = list(ds["separation"].values).index(row["separation"])
+        pairs = [(x, y) for x, y in zip(a[i, j], b[i, j], strict=True) if x >= 0 <= y]
+        a_only = sum(x == 1 and y != 1 for x, y in pairs)
+        b_only = sum(y == 1 and x != 1 for x, y in pairs)
+        assert (row["n"], row["a_only"], row["b_only"]) == (len(pairs), a_only, b_only)
+        if not pairs:
+            assert row["difference"] is None and row["p_value"] is None
+            continue
+        succ_a = sum(x == 1 for x, _ in pairs)
+        succ_b = sum(y == 1 for _, y in pairs)
+        assert row["difference"] == pytest.approx((succ_a - succ_b) / len(pairs))
+        # Two-sided exact McNemar: twice the smaller binomial(t, 1/2) tail, capped.
+        t = a_only + b_only
+        tail = sum(math.comb(t, q) for q in range(min(a_only, b_only) + 1)) / 2**t
+        assert row["p_value"] == pytest.approx(min(1.0, 2 * tail), rel=1e-12)
+    # The edge cells: m = 60, separation 3 has forgy vs an all-failing kmeans++.
+    edge = next(r for r in rows if (r["m"], r["separation"]) == (60, 3))
+    assert edge["b_only"] == 0 and edge["a_only"] == (a[1, 1] == 1).sum()
+    with pytest.raises(SpecError, match="^scheme_b"):
+        paired_comparison(ds, "forgy", "bogus")

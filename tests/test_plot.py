@@ -61,7 +61,8 @@ _SCRIPT = textwrap.dedent(
     """
     import sys
     from pmstudy.cli import main
-    status = main(["-q", "plot", *sys.argv[1:4], "--formats", *sys.argv[4:]])
+    argv = ["-q", "plot", *sys.argv[1:4], "--census", "0", "--formats", *sys.argv[4:]]
+    status = main(argv)
     # The library draws on Agg canvases: pyplot (and its backend choice) is
     # never imported, so no display is ever looked for.
     print("pyplot" if "matplotlib.pyplot" in sys.modules else "no pyplot")
@@ -222,7 +223,9 @@ def test_empty_store_draws_without_crashing(tmp_path):
 
     path = str(tmp_path / "empty.zarr")
     create_store(parse_spec(TINY_SPEC), path)
-    paths = plot.write_figures(load(path), tmp_path / "f", formats=("png",))
+    paths = plot.write_figures(
+        load(path), tmp_path / "f", formats=("png",), census_starts=0
+    )
     assert len(paths) == 4
     assert_real_png(paths[0])
 
@@ -230,6 +233,8 @@ def test_empty_store_draws_without_crashing(tmp_path):
 def test_bad_options(store_path, tmp_path, capsys, ds):
     with pytest.raises(SpecError, match="^--formats"):
         plot.write_figures(ds, tmp_path, formats=("gif",))
+    with pytest.raises(SpecError, match="^--census"):
+        plot.write_figures(ds, tmp_path, census_starts=-1)
     assert main(["plot", store_path, "--alpha", "2", "-o", str(tmp_path)]) == 2
     assert "--alpha: should be" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
@@ -240,3 +245,28 @@ def test_default_figure_dir():
     assert plot.default_figure_dir("data/runs/q.zarr/") == "data/runs/q-figures"
     assert plot.default_figure_dir("s3://bucket/x/q.zarr") == "q-figures"
     assert plot.default_figure_dir("store") == "store-figures"
+
+
+def test_landscape_points_are_bad_critical_points(ds):
+    from pmstudy.population import population_gradient, population_loglik
+
+    points = plot.landscape_points(ds, 4)
+    assert len(points) == ds.sizes["separation"]
+    assert sum(len(p) for p in points) >= 1
+    for j, found in enumerate(points):
+        truth = ds["centers_true"].values[j]
+        assert found.shape[1:] == truth.shape
+        if not len(found):
+            continue
+        # Checked independently of the census: the gradient of the population
+        # log-likelihood vanishes there (Newton-polished to ~1e-10), and the
+        # point is worse than the truth.
+        gradient, _ = population_gradient(truth, found)
+        assert np.abs(gradient).max() < 1e-6
+        gap = (
+            population_loglik(truth, truth[None])[0]
+            - population_loglik(truth, found)[0]
+        )
+        assert np.all(gap > 1e-6)
+    fig = plot.centers_figure(ds, critical_points=points)
+    assert "critical points" in fig.get_suptitle()
