@@ -163,7 +163,9 @@ def _panel(a, b, top_j, logits, comps, rule, out, ev, rem):
         s_top = 0.0
         s_other = 0.0
         for j in range(n_lines):
-            e = 1.0 if j == top_j else math.exp(alpha[j] * s + cst[j] - y_top)
+            x = alpha[j] * s + cst[j] - y_top
+            # exp(-50) = 2e-22 is below any accuracy asked for; skip the call.
+            e = 1.0 if j == top_j else (0.0 if x < -50.0 else math.exp(x))
             ev[j] = e
             if rep[j] == top_j:
                 s_top += e
@@ -721,23 +723,35 @@ def _offsets(a_mat):
     return cst
 
 
-@njit(parallel=True, **JIT)
-def drive_lines(slopes, means, rep, gsz, wt, mode, pidx, xs, ws, prm, acc0, acc1,
-                acc2, accl, cnt):  # fmt: skip
-    """r = 1 for a batch: slopes (B, K, 1), means (B, K0, 1)."""
-    n_batch = slopes.shape[0]
+@njit(**JIT)
+def _line_item(b, slopes, means, rep, gsz, wt, mode, pidx, xs, ws, prm, acc0, acc1,
+               acc2, accl, cnt):  # fmt: skip
+    """r = 1: batch member b."""
     n_true = means.shape[1]
     n_q = acc0.shape[2]
-    for b in prange(n_batch):
-        alpha = np.ascontiguousarray(slopes[b, :, 0])
-        ms = np.ascontiguousarray(means[b, :, 0])
-        rad = np.full(n_true, prm[b, 0])
-        out = (np.empty((n_true, n_q)), np.empty((n_true, n_q)),
-               np.empty((n_true, n_q)), np.empty(n_true), cnt[b : b + 1])  # fmt: skip
-        line_moments((alpha, -0.5 * alpha * alpha, rep[b], gsz[b]), (ms, wt, rad),
-                     (mode, pidx, xs, ws, prm[b]), out)  # fmt: skip
-        acc = (acc0[b], acc1[b], acc2[b], accl[b], cnt[b : b + 1])
-        _distribute(out, np.empty(0), acc, mode)
+    alpha = np.ascontiguousarray(slopes[b, :, 0])
+    ms = np.ascontiguousarray(means[b, :, 0])
+    rad = np.full(n_true, prm[b, 0])
+    out = (np.empty((n_true, n_q)), np.empty((n_true, n_q)),
+           np.empty((n_true, n_q)), np.empty(n_true), cnt[b : b + 1])  # fmt: skip
+    line_moments((alpha, -0.5 * alpha * alpha, rep[b], gsz[b]), (ms, wt, rad),
+                 (mode, pidx, xs, ws, prm[b]), out)  # fmt: skip
+    acc = (acc0[b], acc1[b], acc2[b], accl[b], cnt[b : b + 1])
+    _distribute(out, np.empty(0), acc, mode)
+
+
+@njit(parallel=True, **JIT)
+def drive_lines(*args):
+    """r = 1 for a batch, in parallel: slopes (B, K, 1), means (B, K0, 1)."""
+    for b in prange(args[0].shape[0]):
+        _line_item(b, *args)
+
+
+@njit(**JIT)
+def drive_lines_serial(*args):
+    """As `drive_lines` on one thread (small batches: no thread start-up)."""
+    for b in range(args[0].shape[0]):
+        _line_item(b, *args)
 
 
 @njit(**JIT)
@@ -754,20 +768,33 @@ def outer_panels_batch(slopes, means, rep, gsz, wt, prm, out_lo, out_hi):
     return counts
 
 
-@njit(parallel=True, **JIT)
-def drive_strips(slopes, means, rep, gsz, wt, task_b, task_lo, task_hi, mode, pidx,
-                 xs, ws, prm, acc0, acc1, acc2, accl, cnt):  # fmt: skip
-    """r = 2 or 3: one task per outermost panel, each into its own accumulators."""
+@njit(**JIT)
+def _strip_item(k, slopes, means, rep, gsz, wt, task_b, task_lo, task_hi, mode, pidx,
+                xs, ws, prm, acc0, acc1, acc2, accl, cnt):  # fmt: skip
+    """r = 2 or 3: task k, one outermost panel, into its own accumulators."""
     r = slopes.shape[2]
-    for k in prange(task_b.size):
-        b = task_b[k]
-        a_mat = np.ascontiguousarray(slopes[b])
-        rad = np.full(wt.size, prm[b, 0])
-        logits = (a_mat, _offsets(a_mat), rep[b], gsz[b])
-        comps = (np.ascontiguousarray(means[b]), wt, rad)
-        rule = (mode, pidx, xs, ws, prm[b])
-        acc = (acc0[k], acc1[k], acc2[k], accl[k], cnt[k : k + 1])
-        if r == 2:
-            plane_strip(logits, comps, np.empty(0), task_lo[k], task_hi[k], rule, acc)
-        else:
-            space_strip(logits, comps, task_lo[k], task_hi[k], rule, acc)
+    b = task_b[k]
+    a_mat = np.ascontiguousarray(slopes[b])
+    rad = np.full(wt.size, prm[b, 0])
+    logits = (a_mat, _offsets(a_mat), rep[b], gsz[b])
+    comps = (np.ascontiguousarray(means[b]), wt, rad)
+    rule = (mode, pidx, xs, ws, prm[b])
+    acc = (acc0[k], acc1[k], acc2[k], accl[k], cnt[k : k + 1])
+    if r == 2:
+        plane_strip(logits, comps, np.empty(0), task_lo[k], task_hi[k], rule, acc)
+    else:
+        space_strip(logits, comps, task_lo[k], task_hi[k], rule, acc)
+
+
+@njit(parallel=True, **JIT)
+def drive_strips(*args):
+    """r = 2 or 3 for a batch of tasks, in parallel."""
+    for k in prange(args[5].shape[0]):
+        _strip_item(k, *args)
+
+
+@njit(**JIT)
+def drive_strips_serial(*args):
+    """As `drive_strips` on one thread."""
+    for k in range(args[5].shape[0]):
+        _strip_item(k, *args)

@@ -24,6 +24,12 @@ MODE_STEP = 0  # w_j, w_j z
 MODE_HESSIAN = 1  # w_j w_l, w_j w_l z, w_j w_l z z^T
 MODE_LOGLIK = 2  # as MODE_STEP, and the log-sum-exp
 
+# Batches smaller than these run on one thread: starting numba's threads costs
+# more than the work (measured: r = 1, one member, 3.7 ms on one thread
+# against 27 ms on two on a loaded machine). r = 3 is always parallel.
+_PARALLEL_LINES = 256
+_PARALLEL_PLANES = 8
+
 
 @dataclass(frozen=True)
 class PanelRule:
@@ -44,21 +50,26 @@ class PanelRule:
     cap : float
         Largest panel width (sigmas), before the outer levels divide it by
         the rate at which switching planes slide along the inner directions.
-    rate_max : float
-        Largest such division.
+    rate_max : float, optional
+        Largest such division; by default 16 for r = 2 and 1 (none) for
+        r = 3, where it cost evaluations without gaining accuracy (measured
+        on the tetrahedron workload of `pmstudy.population_bench`).
     """
 
     drop: float = 37.0
     first: float = 1.0
     growth: float = 3.0
     cap: float = 2.0
-    rate_max: float = 16.0
+    rate_max: float | None = None
 
-    def as_array(self, drop: float | None = None) -> np.ndarray:
+    def as_array(self, drop: float | None = None, rank: int = 2) -> np.ndarray:
         drop = self.drop if drop is None else drop
+        rate_max = self.rate_max
+        if rate_max is None:
+            rate_max = 16.0 if rank <= 2 else 1.0
         return np.array(
             [math.sqrt(2.0 * drop), drop, self.first, self.growth, self.cap,
-             self.rate_max]
+             rate_max]
         )  # fmt: skip
 
 
@@ -145,13 +156,16 @@ def moments(
     xs, ws = gauss_legendre(n)
     pidx = pair_index(k)
     drops = np.full(n_batch, rule.drop) if drop is None else np.asarray(drop)
-    prm = np.stack([rule.as_array(x) for x in drops])
+    prm = np.stack([rule.as_array(x, r) for x in drops])
     slopes = np.ascontiguousarray(red.slopes)
     means = np.ascontiguousarray(red.means)
     args = (slopes, means, red.rep, red.group_size, wt)
     if r == 1:
         acc = _zeros(n_batch, k_true, n_q, r)
-        _kernels.drive_lines(*args, mode, pidx, xs, ws, prm, *acc)
+        drive = _kernels.drive_lines
+        if n_batch < _PARALLEL_LINES:
+            drive = _kernels.drive_lines_serial
+        drive(*args, mode, pidx, xs, ws, prm, *acc)
         return Moments(*acc[:4], n_evaluations=int(acc[4].sum()))
 
     out_lo = np.empty((n_batch, _kernels.MAX_OUTER_PANELS))
@@ -160,8 +174,11 @@ def moments(
     task_b = np.repeat(np.arange(n_batch), counts)
     mask = np.arange(out_lo.shape[1])[None, :] < counts[:, None]
     acc = _zeros(task_b.size, k_true, n_q, r)
-    _kernels.drive_strips(*args, task_b, out_lo[mask], out_hi[mask], mode, pidx, xs,
-                         ws, prm, *acc)  # fmt: skip
+    drive = _kernels.drive_strips
+    if r == 2 and n_batch < _PARALLEL_PLANES:
+        drive = _kernels.drive_strips_serial
+    drive(*args, task_b, out_lo[mask], out_hi[mask], mode, pidx, xs, ws, prm,
+          *acc)  # fmt: skip
     # Sum each member's tasks in task order: the result does not depend on the
     # other members of the batch or on the threads.
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
