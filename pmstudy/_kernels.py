@@ -34,6 +34,13 @@ logger = logging.getLogger(__name__)
 FLAGS = {"reassoc", "contract", "nsz", "arcp"}
 BLOCK = 256
 CHUNK = 8
+# Steps per call grow with the steps taken (an eighth of them, up to
+# MAX_CHUNK): a run that stops inside a call wastes at most an eighth of its
+# steps, while the few slow runs of a batch's tail are not paced by the cost
+# of a call.
+MAX_CHUNK = 256
+# ... and the recorded path of a call stays below this many float64 values.
+MAX_PATH_VALUES = 1 << 22
 
 # Fused kernels keep k * (d + 1) running sums and k * d center coordinates in
 # registers; beyond this they spill and the blocked BLAS kernel wins.
@@ -181,6 +188,126 @@ def loglik_runs(data, run_data, centers):
     return out
 
 
+@njit(cache=True, error_model="numpy", nogil=True)
+def _sum_squares(a, b):
+    """sum_i (a_i - b_i)^2 in NumPy's order for short rows (one accumulator)."""
+    acc = (a[0] - b[0]) * (a[0] - b[0])
+    for i in range(1, a.shape[0]):
+        acc += (a[i] - b[i]) * (a[i] - b[i])
+    return acc
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def walk_rule(
+    path,
+    starved_path,
+    runs,
+    taken,
+    tol,
+    noise,
+    merge_block,
+    block_slow,
+    step_fraction,
+    drift_fraction,
+    step_norm,
+    ratios,
+    pair_dist,
+    pair,
+    approach,
+    end,
+    n_iter,
+    starved,
+    stop_at,
+):
+    """The convergence rule of `pmstudy.em`, walked along recorded paths.
+
+    path (b, n + 1, k, d) and starved_path (b, n) come from a stepper for the
+    runs ``runs`` (b,); steps taken + 1 .. taken + n are examined in turn
+    and each run stops at the first step where the rule fires. The rule's
+    per-run state (step_norm (B,), ratios (B, 3), pair_dist (B, H), pair
+    (B,), approach (B,)) is that of `pmstudy.em._ConvergenceMonitor`, updated
+    in place, as are end, n_iter and starved (B,). stop_at (b,) receives the
+    index into the path of each run's last centers. Compiled without
+    fast-math: the rule relies on IEEE inf and NaN comparisons, and it makes
+    the same decisions as the NumPy monitor step by step.
+    """
+    n_local, n_plus, k, d = path.shape
+    n_steps = n_plus - 1
+    hist_len = pair_dist.shape[1]
+    n_ratio = ratios.shape[1]
+    for a in range(n_local):
+        b = runs[a]
+        stop_at[a] = n_steps
+        for i in range(n_steps):
+            step = taken + i + 1
+            starved[b] |= starved_path[a, i]
+            old = path[a, i]
+            new = path[a, i + 1]
+            top = 0.0
+            scale = 0.0
+            for j in range(k):
+                top = max(top, _sum_squares(new[j], old[j]))
+                for c in range(d):
+                    scale = max(scale, abs(new[j, c]))
+            norm = math.sqrt(top)
+            previous = step_norm[b]
+            ratio = norm / previous if previous > 0 else np.inf
+            rho = ratio
+            for r in range(n_ratio - 1):
+                ratios[b, r] = ratios[b, r + 1]
+                rho = max(rho, ratios[b, r])
+            ratios[b, n_ratio - 1] = ratio
+            step_norm[b] = norm
+            remaining = norm * rho / (1 - rho) if rho < 1 else np.inf
+            converged = norm == 0 or norm <= noise * (1.0 + scale) or remaining <= tol
+
+            merging = False
+            if k >= 2:
+                closest = np.inf
+                best = -1
+                index = 0
+                for r in range(k):
+                    for c in range(r + 1, k):
+                        dist = math.sqrt(_sum_squares(new[r], new[c]))
+                        if dist < closest or best < 0:
+                            closest = dist
+                            best = index
+                        index += 1
+                last = pair_dist[b, (step - 1) % hist_len]
+                if best == pair[b] and closest < last:
+                    approach[b] += 1
+                else:
+                    approach[b] = 0
+                pair[b] = best
+                pair_dist[b, step % hist_len] = closest
+                w = merge_block
+                if step >= 3 * w and approach[b] >= 3 * w:
+                    d0 = pair_dist[b, (step - 3 * w) % hist_len]
+                    d1 = pair_dist[b, (step - 2 * w) % hist_len]
+                    d2 = pair_dist[b, (step - w) % hist_len]
+                    d3 = closest
+                    close_old = d0 - d1
+                    close_mid = d1 - d2
+                    close_new = d2 - d3
+                    r_new = close_new / close_mid
+                    r_mid = close_mid / close_old
+                    target_new = d3 - close_new * r_new / (1 - r_new)
+                    target_mid = d2 - close_mid * r_mid / (1 - r_mid)
+                    drift = target_mid - target_new
+                    merging = (
+                        r_new >= block_slow
+                        and r_new < 1
+                        and r_mid < 1
+                        and norm <= step_fraction * d3
+                        and drift >= drift_fraction * close_new
+                    )
+            if merging or converged:
+                end[b] = 1 if merging else 0  # END_MERGING, END_CONVERGED
+                n_iter[b] = step
+                stop_at[a] = i + 1
+                break
+
+
 class NumbaStepper:
     """EM steps through the numba kernels, chosen by (k, d).
 
@@ -200,6 +327,7 @@ class NumbaStepper:
     def __init__(self, data_c: np.ndarray, n_starts: int, k: int) -> None:
         n_sets, _, d = data_c.shape
         self.chunk = CHUNK
+        self.values_per_run = k * d
         self.data = data_c
         self.run_data = np.repeat(np.arange(n_sets, dtype=np.int64), n_starts)
         if use_small_kernel(k, d):
@@ -208,6 +336,12 @@ class NumbaStepper:
         else:
             self.kernel = em_steps_blocked
             self.layout_data = data_c
+
+    def chunk_for(self, taken: int, max_iter: int, n_active: int) -> int:
+        """Steps for the next call of ``n_active`` runs after ``taken`` steps."""
+        cap = max(CHUNK, MAX_PATH_VALUES // (n_active * self.values_per_run))
+        grown = max(CHUNK, min(taken // 8, MAX_CHUNK, cap))
+        return min(grown, max_iter - taken)
 
     def steps(
         self, active: np.ndarray, centers: np.ndarray, n_steps: int

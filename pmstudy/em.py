@@ -283,8 +283,9 @@ def _iterate(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run EM on every run until it stops; ``centers`` (B, k, d) is updated.
 
-    The stepper takes up to ``stepper.chunk`` steps per call and returns the
-    whole path; the rule then walks that path step by step, and a run that
+    The stepper takes ``stepper.chunk_for(...)`` steps per call and returns
+    the whole path; the rule (compiled when numba imports) then walks that
+    path step by step, and a run that
     stops inside a chunk keeps the centers of its stopping step (the extra
     steps it computed are dropped, so chunking changes no result).
     """
@@ -296,25 +297,38 @@ def _iterate(
     active = np.arange(n_runs)
     taken = 0
 
+    walk = _compiled_rule()
     while active.size and taken < max_iter:
-        n_steps = min(stepper.chunk, max_iter - taken)
+        n_steps = stepper.chunk_for(taken, max_iter, active.size)
         path, starved_path = stepper.steps(active, centers[active], n_steps)
-        stop_at = np.full(active.size, n_steps)
-        live = np.arange(active.size)
-        for i in range(n_steps):
-            runs = active[live]
-            starved[runs] |= starved_path[live, i]
-            converged, merging = monitor.update(
-                runs, path[live, i], path[live, i + 1], taken + i + 1
+        if walk is not None:
+            stop_at = np.empty(active.size, dtype=np.int64)
+            walk(
+                path,
+                starved_path,
+                active,
+                taken,
+                monitor.tol,
+                _NOISE_FACTOR,
+                _MERGE_BLOCK,
+                monitor.block_slow,
+                _MERGE_STEP_FRACTION,
+                _MERGE_DRIFT_FRACTION,
+                monitor.step_norm,
+                monitor.ratios,
+                monitor.pair_dist,
+                monitor.pair,
+                monitor.approach,
+                end,
+                n_iter,
+                starved,
+                stop_at,
             )
-            done = converged | merging
-            end[runs[converged]] = END_CONVERGED
-            end[runs[merging]] = END_MERGING
-            n_iter[runs[done]] = taken + i + 1
-            stop_at[live[done]] = i + 1
-            live = live[~done]
-            if live.size == 0:
-                break
+            live = np.flatnonzero(end[active] == END_BUDGET)
+        else:
+            stop_at, live = _walk_python(
+                monitor, path, starved_path, active, taken, end, n_iter, starved
+            )
         centers[active] = path[np.arange(active.size), stop_at]
         active = active[live]
         taken += n_steps
@@ -327,6 +341,51 @@ def _iterate(
         np.count_nonzero(end == END_BUDGET),
     )
     return end, n_iter, starved
+
+
+def _compiled_rule():
+    """`pmstudy._kernels.walk_rule` when numba imports, else None."""
+    try:
+        from pmstudy._kernels import walk_rule
+    except ImportError:
+        return None
+    return walk_rule
+
+
+def _walk_python(
+    monitor: _ConvergenceMonitor,
+    path: np.ndarray,
+    starved_path: np.ndarray,
+    active: np.ndarray,
+    taken: int,
+    end: np.ndarray,
+    n_iter: np.ndarray,
+    starved: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rule along a recorded path, one step at a time over all runs.
+
+    The NumPy counterpart of `pmstudy._kernels.walk_rule`, used without
+    numba. Returns the path index of each run's last centers (b,) and the
+    local indices of the runs still going.
+    """
+    n_steps = path.shape[1] - 1
+    stop_at = np.full(active.size, n_steps)
+    live = np.arange(active.size)
+    for i in range(n_steps):
+        runs = active[live]
+        starved[runs] |= starved_path[live, i]
+        converged, merging = monitor.update(
+            runs, path[live, i], path[live, i + 1], taken + i + 1
+        )
+        done = converged | merging
+        end[runs[converged]] = END_CONVERGED
+        end[runs[merging]] = END_MERGING
+        n_iter[runs[done]] = taken + i + 1
+        stop_at[live[done]] = i + 1
+        live = live[~done]
+        if live.size == 0:
+            break
+    return stop_at, live
 
 
 class _ConvergenceMonitor:
@@ -466,6 +525,10 @@ class _NumpyStepper:
     """
 
     chunk = 1  # no launch cost to amortise
+
+    def chunk_for(self, taken: int, max_iter: int, n_active: int) -> int:
+        """Steps for the next call: one (no call cost to amortise)."""
+        return 1
 
     def __init__(self, data_c: np.ndarray, n_starts: int) -> None:
         self.data = data_c

@@ -166,3 +166,22 @@ def test_slow_plateau_is_not_a_fixed_point() -> None:
     # Up to rounding of the measured ratios (1e-9 relative).
     assert remaining(stopped_at) <= tol * (1 + 1e-9)
     assert remaining(stopped_at - 1) > tol * (1 - 1e-9)
+
+
+def test_compiled_rule_decides_as_the_numpy_monitor(monkeypatch) -> None:
+    # The compiled walk of the rule (used whenever numba imports) and the
+    # NumPy monitor stepping all runs together must stop every run at the
+    # same step with the same end kind: the results are then identical, bit
+    # for bit. This setting has converged and merging runs.
+    import pmstudy.em as em
+
+    data, init = overlapping_problem()
+    compiled = fit_em(data, init, max_iter=50_000, tol=1e-6, backend="numba")
+    monkeypatch.setattr(em, "_compiled_rule", lambda: None)
+    stepped = fit_em(data, init, max_iter=50_000, tol=1e-6, backend="numba")
+    assert np.any(compiled.end == END_MERGING)
+    assert np.any(compiled.end == END_CONVERGED)
+    for field in ("centers", "loglik", "n_iter", "end", "starved"):
+        np.testing.assert_array_equal(
+            getattr(compiled, field), getattr(stepped, field), err_msg=field
+        )
