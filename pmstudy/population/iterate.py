@@ -15,9 +15,14 @@ of the last three step ratios (the largest, so that one quick step cannot
 fake fast convergence) and stops when rho < 1 and s_n rho / (1 - rho) <= tol.
 On a slow plateau rho is close to 1 and the estimated distance stays large
 whatever the step, so the rule refuses to stop; near a saddle the steps grow
-(rho >= 1) and it never stops. A step no larger than the map's own noise (four
-times the quadrature error estimate of that step plus 1024 eps (1 + max|mu|))
-cannot be resolved: the run is then converged whatever ``tol``.
+(rho >= 1) and it never stops. Two floors: a step below rounding,
+1024 eps (1 + max|mu|), is converged at once; and a step below the map's own
+noise (four times the quadrature error estimate, for the piecewise rule
+whose panels move in small jumps with the centers) that no longer contracts
+(rho >= 1) is converged too: there the iteration only sees the rule's
+jitter, and the point is a fixed point to within the rule's accuracy. The
+quasi-Monte Carlo map (r >= 4) is smooth, its error a bias, and it gets
+only the rounding floor.
 
 Slow merging
 ------------
@@ -153,10 +158,16 @@ def population_em(
         rho = np.max(ratios, axis=1)  # NaN until enough history
         with np.errstate(divide="ignore", invalid="ignore"):
             remaining = step * rho / (1.0 - rho)
-        noise = _NOISE_FACTOR * acc.error + _ROUND_FACTOR * (
-            1.0 + np.abs(new).max(axis=(1, 2))
+        rounding = _ROUND_FACTOR * (1.0 + np.abs(new).max(axis=(1, 2)))
+        # The piecewise rule's panels move in jumps with the centers, so its
+        # map is smooth only to about its error; the quasi-Monte Carlo map
+        # (fixed points) is smooth, and its error is a bias, not noise.
+        noise = np.where(acc.rank <= 3, _NOISE_FACTOR * acc.error, 0.0) + rounding
+        converged = (
+            (step <= rounding)
+            | ((rho < 1.0) & (remaining <= tol))
+            | ((step <= noise) & ~(rho < 1.0) & (it > _RATIO_HISTORY))
         )
-        converged = (step <= noise) | ((rho < 1.0) & (remaining <= tol))
 
         pair, dist = _closest_pair(new)
         dist_hist[active] = np.roll(dist_hist[active], -1, axis=1)
