@@ -19,9 +19,13 @@ beyond one transposed copy of the data is O(k * BLOCK) per thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import sys
 
+import numba
 import numpy as np
 from numba import njit, prange
 from threadpoolctl import ThreadpoolController
@@ -62,6 +66,45 @@ def single_threaded_blas():
     if _controller is None:
         _controller = ThreadpoolController()
     return _controller.limit(limits=1, user_api="blas")
+
+
+def _in_dask_worker() -> bool:
+    """Whether this call runs in a Dask worker's task (without importing Dask)."""
+    worker = sys.modules.get("distributed")
+    if worker is None:
+        return False
+    try:
+        worker.get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def kernel_threads():
+    """BLAS on one thread; numba's pool on one thread inside a Dask worker.
+
+    The study runs one Dask worker process per core, each with one thread,
+    so the cores are already busy with one task each: a numba pool of
+    several threads in every worker would oversubscribe them (and its idle
+    threads spin). Outside Dask (the bench, a notebook) numba keeps its pool,
+    ``NUMBA_NUM_THREADS`` threads, and parallelises over runs.
+    ``PMSTUDY_EM_THREADS`` overrides both choices.
+    """
+    configured = os.environ.get("PMSTUDY_EM_THREADS")
+    if configured:
+        threads = max(1, min(int(configured), numba.config.NUMBA_NUM_THREADS))
+    elif _in_dask_worker():
+        threads = 1
+    else:
+        threads = numba.get_num_threads()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        with single_threaded_blas():
+            yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 @njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)

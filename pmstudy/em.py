@@ -505,12 +505,14 @@ def _make_stepper(
 
 
 def _kernel_context(stepper: object):
-    """BLAS held to one thread for the numba kernels (they run in parallel)."""
+    """BLAS held to one thread for the numba kernels (they run in parallel);
+    inside a Dask worker, numba's pool held to one thread too (see
+    `pmstudy._kernels.kernel_threads`)."""
     if isinstance(stepper, _NumpyStepper):
         return contextlib.nullcontext()
-    from pmstudy._kernels import single_threaded_blas
+    from pmstudy._kernels import kernel_threads
 
-    return single_threaded_blas()
+    return kernel_threads()
 
 
 class _NumpyStepper:

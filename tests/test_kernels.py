@@ -163,3 +163,26 @@ def test_dispatch_thresholds() -> None:
     assert not use_small_kernel(10, 50)
     assert not use_small_kernel(3, 300)
     assert not use_small_kernel(9, 1)
+
+
+def test_kernel_threads_one_in_a_dask_worker_and_restored() -> None:
+    # Inside a Dask worker's task numba's pool is held to one thread (the
+    # workers already use every core); outside it is left alone, and the
+    # previous setting comes back afterwards.
+    import numba
+    from distributed import Client, LocalCluster
+
+    from pmstudy._kernels import kernel_threads
+
+    def threads_inside() -> int:
+        with kernel_threads():
+            return numba.get_num_threads()
+
+    before = numba.get_num_threads()
+    assert threads_inside() == before
+    assert numba.get_num_threads() == before
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        assert client.submit(threads_inside, pure=False).result() == 1
