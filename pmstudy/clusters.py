@@ -18,8 +18,10 @@ the kernel uses the core it has.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +29,7 @@ from pmstudy.errors import SpecError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLUSTERS", "local_cluster", "open_client", "slurm_cluster"]
+__all__ = ["CLUSTERS", "check_cluster", "local_cluster", "open_client", "slurm_cluster"]
 
 CLUSTERS = ("local", "slurm")
 
@@ -85,6 +87,37 @@ def slurm_cluster(**overrides: Any) -> Any:
     return SLURMCluster(**options)
 
 
+def check_cluster(
+    cluster: str, scheduler: str | None = None, scheduler_file: str | None = None
+) -> None:
+    """Refuse, before anything starts, a cluster that cannot be had here.
+
+    Raises
+    ------
+    SpecError
+        For an unknown cluster, one combined with a scheduler, or SLURM without
+        dask-jobqueue or without ``sbatch`` (jobs that cannot be submitted would
+        leave the run waiting for workers forever).
+    """
+    if cluster not in CLUSTERS:
+        raise SpecError("--cluster", cluster, f"one of {list(CLUSTERS)}")
+    if (scheduler or scheduler_file) and cluster != "local":
+        raise SpecError("--cluster", cluster, "left out when a scheduler is given")
+    if cluster == "slurm" and not (scheduler or scheduler_file):
+        if importlib.util.find_spec("dask_jobqueue") is None:
+            raise SpecError(
+                "--cluster",
+                cluster,
+                "a cluster whose package is installed: pip install 'pmstudy[slurm]'",
+            )
+        if shutil.which("sbatch") is None:
+            raise SpecError(
+                "--cluster",
+                cluster,
+                "used on a SLURM submit host (no `sbatch` on the PATH here)",
+            )
+
+
 @contextlib.contextmanager
 def open_client(
     *,
@@ -112,11 +145,8 @@ def open_client(
     """
     from distributed import Client
 
-    if cluster not in CLUSTERS:
-        raise SpecError("--cluster", cluster, f"one of {list(CLUSTERS)}")
+    check_cluster(cluster, scheduler, scheduler_file)
     if scheduler or scheduler_file:
-        if cluster != "local":
-            raise SpecError("--cluster", cluster, "left out when a scheduler is given")
         client = Client(address=scheduler, scheduler_file=scheduler_file)
         logger.info("connected to scheduler %s", client.scheduler.address)
         try:

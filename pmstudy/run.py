@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pmstudy import em, mixture, schemes, seeds
-from pmstudy.clusters import open_client
+from pmstudy.clusters import check_cluster, open_client
 from pmstudy.outcome import SUCCESS, UNDECIDED, judge, matched_distance
 from pmstudy.store import (
     BlockState,
@@ -350,6 +350,7 @@ def run_study(
 
     path = store or study.store
     started = time.perf_counter()
+    check_cluster(cluster, scheduler, scheduler_file)
     prepare_store(study, path)
     states = block_states(study, path)
     tasks = [task for task, state in states.items() if state is not BlockState.DONE]

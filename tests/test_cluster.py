@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -292,6 +293,18 @@ def test_cluster_choices_are_checked(capsys):
     assert "not allowed with" in capsys.readouterr().err
 
 
+def test_slurm_without_sbatch_is_refused_before_anything_is_made(
+    tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("dask_jobqueue")
+    spec = write_spec(tmp_path, FAST_SPEC, "fast")
+    store = tmp_path / "never.zarr"
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["run", str(spec), "--store", str(store), "--cluster", "slurm"]) == 2
+    assert "sbatch" in capsys.readouterr().err
+    assert not store.exists()
+
+
 # ---------------------------------------------------------------------------
 # SLURM through dask-jobqueue: the job script, rendered without sbatch.
 
@@ -397,3 +410,85 @@ def test_ssh_recipe_uses_the_scheduler_option():
     readme = (ROOT / "cluster" / "ssh" / "README.md").read_text()
     assert "dask ssh" in readme and "SSHCluster" in readme
     assert "pmstudy run" in readme and "--scheduler" in readme
+
+
+# A stand-in for SLURM's sbatch: it runs the job script on this machine, in the
+# background and in a session of its own, and answers as sbatch does.
+_SBATCH = """#!/usr/bin/env bash
+# dask-jobqueue deletes its script once sbatch returns: keep a copy to run.
+cp "${@: -1}" "$FAKE_SLURM/job.$$.sh"
+setsid bash "$FAKE_SLURM/job.$$.sh" > "$FAKE_SLURM/job.$$.log" 2>&1 < /dev/null &
+echo $! >> "$FAKE_SLURM/jobs"
+echo "Submitted batch job $!"
+"""
+# ... and for scancel: it ends the job's process group.
+_SCANCEL = """#!/usr/bin/env bash
+for job in "$@"; do kill -TERM -- "-$job" 2> /dev/null; done
+exit 0
+"""
+
+
+def test_run_on_slurm_through_dask_jobqueue(fast, tmp_path, monkeypatch, capsys):
+    """`--cluster slurm` end to end, with sbatch standing in for SLURM."""
+    pytest.importorskip("dask_jobqueue")
+    import dask.config
+
+    study, spec, reference, _ = fast
+    fake = tmp_path / "slurm"
+    (fake / "bin").mkdir(parents=True)
+    for name, text in (("sbatch", _SBATCH), ("scancel", _SCANCEL)):
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    monkeypatch.setenv("FAKE_SLURM", str(fake))
+    monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+    settings = {
+        "cores": 1,
+        "processes": 1,
+        "memory": "2GB",
+        "walltime": "00:10:00",
+        "python": sys.executable,
+        "interface": None,
+        "scheduler-options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+        "worker-extra-args": ["--host", "127.0.0.1", "--preload", "pmstudy.run"],
+        "local-directory": str(tmp_path / "workers"),
+        # Also the time a worker process may take to start (imports included).
+        "death-timeout": 180,
+    }
+    store = str(tmp_path / "slurm.zarr")
+    run = ["-q", "run", str(spec), "--store", store, "--cluster", "slurm"]
+    config = {f"jobqueue.slurm.{key}": value for key, value in settings.items()}
+    try:
+        # If no worker ever came, the run would wait for one forever (as it should
+        # for jobs queued on a real cluster): run it in a thread, and give up.
+        codes: list[int] = []
+        with dask.config.set(config):
+            runner = threading.Thread(target=lambda: codes.append(main(run)))
+            runner.daemon = True
+            runner.start()
+            runner.join(timeout=300)
+        assert codes == [0], "the SLURM run did not finish: " + "".join(
+            log.read_text()[-2000:] for log in fake.glob("job.*.log")
+        )
+        assert "0 already done" in capsys.readouterr().out
+        assert_same_store(store, reference)
+        jobs = [int(job) for job in (fake / "jobs").read_text().split()]
+        assert len(jobs) == 1  # one job's worth of workers by default
+        # The run cancelled its job when it closed the cluster.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _group_alive(jobs[0]):
+            time.sleep(0.2)
+        assert not _group_alive(jobs[0])
+    finally:
+        jobs_file = fake / "jobs"
+        for job in jobs_file.read_text().split() if jobs_file.exists() else []:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(job), signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
