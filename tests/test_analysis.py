@@ -131,6 +131,19 @@ def synthetic_store(
     return path
 
 
+_SHARED: dict[tuple, str] = {}
+
+
+def shared_store(tmp_path_factory, **kwargs) -> str:
+    """`synthetic_store` built once per test session for each set of arguments
+    (the tests only read it), so that the test modules share the writes."""
+    key = tuple(sorted(kwargs.items()))
+    if key not in _SHARED:
+        path = tmp_path_factory.mktemp("synthetic") / "s.zarr"
+        _SHARED[key] = synthetic_store(str(path), **kwargs)
+    return _SHARED[key]
+
+
 def load(path: str) -> xr.Dataset:
     return xr.open_zarr(path, consolidated=False, mask_and_scale=False).load()
 
@@ -138,7 +151,7 @@ def load(path: str) -> xr.Dataset:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> xr.Dataset:
     """The synthetic store, loaded into memory once."""
-    return load(synthetic_store(str(tmp_path_factory.mktemp("analysis") / "s.zarr")))
+    return load(shared_store(tmp_path_factory))
 
 
 # ---------------------------------------------------------------------------
@@ -435,10 +448,8 @@ def test_statuses_cover_every_case(store):
     assert "interpolated" in statuses or "not reached" in statuses
 
 
-def test_store_without_population_or_inf(tmp_path):
-    path = synthetic_store(
-        str(tmp_path / "plain.zarr"), ms="[20, 60]", same_init=False, seed=1
-    )
+def test_store_without_population_or_inf(tmp_path_factory):
+    path = shared_store(tmp_path_factory, ms="[20, 60]", same_init=False)
     summary = study_summary(load(path))
     assert summary["has_population_reference"] is False
     for row in summary["cells"]:

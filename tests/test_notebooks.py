@@ -21,7 +21,7 @@ TINY = {
         4,  # figures shown
     ),
     "02_counterexample_close_pair.ipynb": (
-        "SEPARATION = 2.0\nN_STARTS = 12\nREPLICATES = 8\nMS = [30, 300]\n",
+        "SEPARATION = 2.0\nN_STARTS = 4\nREPLICATES = 6\nMS = [30, 300]\n",
         3,
     ),
     "03_compare_schemes.ipynb": (

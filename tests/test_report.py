@@ -15,12 +15,12 @@ from pmstudy.analysis import study_summary
 from pmstudy.cli import main
 from pmstudy.errors import SpecError
 from pmstudy.report import CELL_COLUMNS, csv_columns, format_report
-from tests.test_analysis import load, synthetic_store
+from tests.test_analysis import load, shared_store
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> str:
-    return synthetic_store(str(tmp_path_factory.mktemp("report") / "s.zarr"), seed=3)
+    return shared_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +195,8 @@ def test_table_says_no_data_not_reached_and_already(store_path, capsys):
     assert "not reached by m = 200" in text and "P_m >= 0.999" in text
 
 
-def test_store_without_inf_says_so(tmp_path, capsys):
-    path = synthetic_store(str(tmp_path / "p.zarr"), ms="[20, 60]", same_init=False)
+def test_store_without_inf_says_so(tmp_path_factory, capsys):
+    path = shared_store(tmp_path_factory, ms="[20, 60]", same_init=False)
     assert main(["report", path]) == 0
     text = capsys.readouterr().out
     assert "not in grid" in text and "landscape" not in text and "P_inf" in text
