@@ -8,8 +8,8 @@ Three renderings of the same numbers:
   then the anatomy of the failures of every cell.
 - ``csv``, for spreadsheets: one line per cell, the per-cell columns first, then
   the per-(separation, scheme) values repeated on each of its cells.
-- ``json``, for programs: the summary itself, an object with ``cells`` (one
-  object per cell) and ``transitions`` (one per separation and scheme).
+- ``json``, for programs: a list with one object per cell, its own keys first,
+  then those of its (separation, scheme), as in the CSV.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from typing import Any
 
 from pmstudy.errors import SpecError
 
-__all__ = ["CELL_COLUMNS", "FORMATS", "csv_columns", "format_report", "interval_name"]
+__all__ = [
+    "CELL_COLUMNS",
+    "FORMATS",
+    "csv_columns",
+    "format_report",
+    "interval_name",
+    "json_rows",
+]
 
 FORMATS = ("table", "csv", "json")
 CELL_COLUMNS = (
@@ -62,12 +69,29 @@ def format_report(summary: Mapping[str, Any], fmt: str) -> str:
     """
     if fmt == "json":
         # allow_nan=False: the summary holds None, never NaN, and JSON has no NaN.
-        return json.dumps(summary, indent=2, allow_nan=False) + "\n"
+        return json.dumps(json_rows(summary), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         return _csv(summary)
     if fmt == "table":
         return _table(summary)
     raise SpecError("--format", fmt, f"one of {', '.join(FORMATS)}")
+
+
+def json_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSON report: one object per cell, as `pmstudy report --format json` prints.
+
+    Each cell's object holds its own keys (see `pmstudy.analysis.cell_rows`),
+    then those of its (separation, scheme): ``p_inf``, ``p_inf_lo``, ``p_inf_hi``
+    and ``reach`` (see `pmstudy.analysis.transition_rows`). A list, as the
+    report has always been, so that readers of the first nine keys keep working.
+    """
+    transitions = {(t["separation"], t["scheme"]): t for t in summary["transitions"]}
+    rows = []
+    for cell in summary["cells"]:
+        transition = transitions[(cell["separation"], cell["scheme"])]
+        extra = {k: transition[k] for k in ("p_inf", "p_inf_lo", "p_inf_hi", "reach")}
+        rows.append({**cell, **extra})
+    return rows
 
 
 def _structure_key(pattern: Mapping[str, Any]) -> str:

@@ -77,7 +77,7 @@ def test_a_block_recomputed_in_process_equals_the_stored_one(two_runs):
 def test_report_json_equals_direct_computation(two_runs, capsys):
     _, stores = two_runs
     assert main(["report", stores[1], "--format", "json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["cells"]
+    rows = json.loads(capsys.readouterr().out)
     ds = _open(stores[1])
     assert len(rows) == ds.sizes["m"] * ds.sizes["separation"] * ds.sizes["scheme"]
     for row in rows:
