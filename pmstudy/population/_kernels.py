@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -740,17 +740,13 @@ def _line_item(b, slopes, means, rep, gsz, wt, mode, pidx, xs, ws, prm, acc0, ac
     _distribute(out, np.empty(0), acc, mode)
 
 
-@njit(parallel=True, **JIT)
-def drive_lines(*args):
-    """r = 1 for a batch, in parallel: slopes (B, K, 1), means (B, K0, 1)."""
-    for b in prange(args[0].shape[0]):
-        _line_item(b, *args)
-
-
 @njit(**JIT)
-def drive_lines_serial(*args):
-    """As `drive_lines` on one thread (small batches: no thread start-up)."""
-    for b in range(args[0].shape[0]):
+def drive_lines(start, stop, *args):
+    """r = 1 for batch members start..stop-1: slopes (B, K, 1), means (B, K0, 1).
+
+    Releases the GIL (nogil), so that callers can run chunks in threads.
+    """
+    for b in range(start, stop):
         _line_item(b, *args)
 
 
@@ -786,15 +782,8 @@ def _strip_item(k, slopes, means, rep, gsz, wt, task_b, task_lo, task_hi, mode, 
         space_strip(logits, comps, task_lo[k], task_hi[k], rule, acc)
 
 
-@njit(parallel=True, **JIT)
-def drive_strips(*args):
-    """r = 2 or 3 for a batch of tasks, in parallel."""
-    for k in prange(args[5].shape[0]):
-        _strip_item(k, *args)
-
-
 @njit(**JIT)
-def drive_strips_serial(*args):
-    """As `drive_strips` on one thread."""
-    for k in range(args[5].shape[0]):
+def drive_strips(start, stop, *args):
+    """r = 2 or 3 for tasks start..stop-1 (one outermost panel each), nogil."""
+    for k in range(start, stop):
         _strip_item(k, *args)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from pmstudy.population import _kernels
@@ -24,11 +27,14 @@ MODE_STEP = 0  # w_j, w_j z
 MODE_HESSIAN = 1  # w_j w_l, w_j w_l z, w_j w_l z z^T
 MODE_LOGLIK = 2  # as MODE_STEP, and the log-sum-exp
 
-# Batches smaller than these run on one thread: starting numba's threads costs
-# more than the work (measured: r = 1, one member, 3.7 ms on one thread
-# against 27 ms on two on a loaded machine). r = 3 is always parallel.
-_PARALLEL_LINES = 256
-_PARALLEL_PLANES = 8
+# r = 1 batches smaller than this run on the calling thread: the work (about
+# 0.1 ms a member) is smaller than handing it to threads.
+_PARALLEL_LINES = 64
+# r = 2 batches smaller than this too (one member is about 5 ms of work).
+_PARALLEL_PLANES = 4
+# Chunks per thread: tasks differ in cost, so a few chunks each balance them.
+_CHUNKS_PER_THREAD = 4
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 @dataclass(frozen=True)
@@ -162,10 +168,8 @@ def moments(
     args = (slopes, means, red.rep, red.group_size, wt)
     if r == 1:
         acc = _zeros(n_batch, k_true, n_q, r)
-        drive = _kernels.drive_lines
-        if n_batch < _PARALLEL_LINES:
-            drive = _kernels.drive_lines_serial
-        drive(*args, mode, pidx, xs, ws, prm, *acc)
+        _in_chunks(_kernels.drive_lines, n_batch, n_batch >= _PARALLEL_LINES,
+                   (*args, mode, pidx, xs, ws, prm, *acc))  # fmt: skip
         return Moments(*acc[:4], n_evaluations=int(acc[4].sum()))
 
     out_lo = np.empty((n_batch, _kernels.MAX_OUTER_PANELS))
@@ -174,11 +178,10 @@ def moments(
     task_b = np.repeat(np.arange(n_batch), counts)
     mask = np.arange(out_lo.shape[1])[None, :] < counts[:, None]
     acc = _zeros(task_b.size, k_true, n_q, r)
-    drive = _kernels.drive_strips
-    if r == 2 and n_batch < _PARALLEL_PLANES:
-        drive = _kernels.drive_strips_serial
-    drive(*args, task_b, out_lo[mask], out_hi[mask], mode, pidx, xs, ws, prm,
-          *acc)  # fmt: skip
+    parallel = r == 3 or n_batch >= _PARALLEL_PLANES
+    _in_chunks(_kernels.drive_strips, task_b.size, parallel,
+               (*args, task_b, out_lo[mask], out_hi[mask], mode, pidx, xs, ws, prm,
+                *acc))  # fmt: skip
     # Sum each member's tasks in task order: the result does not depend on the
     # other members of the batch or on the threads.
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -190,6 +193,39 @@ def moments(
             summed[nonempty] = np.add.reduceat(part, starts[nonempty], axis=0)
         total.append(summed)
     return Moments(*total[:4], n_evaluations=int(total[4].sum()))
+
+
+def _in_chunks(kernel, n_items: int, parallel: bool, args: tuple) -> None:
+    """kernel(start, stop, *args) over 0..n_items-1, in threads if parallel.
+
+    The kernels release the GIL and write each item's results to its own
+    rows, so contiguous chunks can run concurrently and the results do not
+    depend on the chunking. Threads: numba's setting (NUMBA_NUM_THREADS or
+    `numba.set_num_threads`), so that whoever limits numba limits this too.
+    """
+    threads = numba.get_num_threads()
+    if not parallel or threads < 2 or n_items < 2:
+        kernel(0, n_items, *args)
+        return
+    n_chunks = min(n_items, threads * _CHUNKS_PER_THREAD)
+    edges = np.linspace(0, n_items, n_chunks + 1).astype(np.int64)
+    # One pool per thread count, kept for the process: starting threads on
+    # every call would cost more than small jobs take. Keyed by the process
+    # id as well: a forked child (multiprocessing workers) inherits the pool
+    # object but not its threads, and must make its own.
+    key = (os.getpid(), threads)
+    pool = _POOL.get(key)
+    if pool is None:
+        pool = _POOL[key] = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="pmstudy-population"
+        )
+    futures = [
+        pool.submit(kernel, int(a), int(b), *args)
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+        if b > a
+    ]
+    for future in futures:
+        future.result()
 
 
 def _zeros(n: int, k_true: int, n_q: int, r: int) -> tuple[np.ndarray, ...]:
