@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -241,8 +242,15 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like the spec's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pmstudy: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pmstudy",
         description="Monte Carlo study of P_m, the probability that EM reaches the "
         "global maximum of a Gaussian mixture likelihood.",

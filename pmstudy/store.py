@@ -291,6 +291,19 @@ def _differences(
     return out
 
 
+def _check_local_path(path: str) -> None:
+    """Refuse a local store path that is a file or lies below a file."""
+    target = Path(path)
+    for parent in (target, *target.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is" if parent == target else f"lies below {parent}, which is"
+                raise SpecError(
+                    "store", path, f"a directory path (it {where} a file, not a store)"
+                )
+            return
+
+
 def prepare_store(study: Study, path: str) -> None:
     """Create the store, or check that an existing one holds the same study.
 
@@ -304,6 +317,8 @@ def prepare_store(study: Study, path: str) -> None:
         If `path` holds a store of a different study; the message lists the fields
         that differ.
     """
+    if _is_local(path):
+        _check_local_path(path)
     group = _open_group(path, mode="r")
     if group is None:
         create_store(study, path)

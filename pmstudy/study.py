@@ -366,7 +366,7 @@ def _sample_sizes(grid: Mapping[str, Any], k: int) -> tuple[float, ...]:
         raise SpecError("grid.m", values, expected)
     out: list[float] = []
     for value in values:
-        if isinstance(value, str) and value.strip().lower() in {"inf", "infinity"}:
+        if isinstance(value, str) and value.strip().lower() == "inf":
             out.append(math.inf)
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value <= k:

@@ -156,3 +156,25 @@ def test_report_on_a_missing_store(tmp_path, capsys):
     assert "store" in capsys.readouterr().err
     with pytest.raises(Exception, match="store"):
         open_store(str(tmp_path / "absent.zarr"))
+
+
+def test_a_store_path_that_is_a_file_is_refused(tiny_spec, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a store")
+    for store in (afile, afile / "sub.zarr"):
+        assert main(["run", str(tiny_spec), "--store", str(store)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("pmstudy: error: store:") and "file" in err
+    assert afile.read_text() == "not a store"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run", "x.toml", "--workers", "0"], ["landscape", "--inits", "-3"], ["nope"]],
+)
+def test_option_errors_are_one_line_with_status_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pmstudy: error: ") and err.count("\n") == 1

@@ -65,6 +65,7 @@ BAD_FIELDS = [
     ("m = [20, 60]", "m = [3, 60]", "grid.m", "> k = 3"),
     ("m = [20, 60]", "m = [2.5, 60]", "grid.m", "integer"),
     ("m = [20, 60]", "m = []", "grid.m", "non-empty"),
+    ("m = [20, 60]", 'm = [20, "infinity"]', "grid.m", '"inf"'),
     (
         'schemes = ["forgy", "kmeans++", "uniform-box"]',
         'schemes = ["forgy", "bogus"]',
