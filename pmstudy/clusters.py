@@ -147,7 +147,19 @@ def open_client(
 
     check_cluster(cluster, scheduler, scheduler_file)
     if scheduler or scheduler_file:
-        client = Client(address=scheduler, scheduler_file=scheduler_file)
+        try:
+            # A bounded wait: a stale scheduler file or a dead address must end in
+            # an error, not in a run that waits forever.
+            client = Client(
+                address=scheduler, scheduler_file=scheduler_file, timeout="60s"
+            )
+        except (OSError, TimeoutError) as error:
+            field = "--scheduler" if scheduler else "--scheduler-file"
+            raise SpecError(
+                field,
+                scheduler or scheduler_file,
+                f"a reachable Dask scheduler ({error})",
+            ) from None
         logger.info("connected to scheduler %s", client.scheduler.address)
         try:
             yield client
