@@ -45,8 +45,24 @@ def fast(tmp_path_factory):
     return study, spec, reference_store(study, str(root / "reference.zarr"))
 
 
-def test_a_worker_killed_mid_task_loses_nothing(dask_cluster, fast, tmp_path):
-    study, _, reference = fast
+@pytest.fixture(scope="module")
+def lasting(tmp_path_factory):
+    """FAST_SPEC with tasks that last long enough to be caught mid-task.
+
+    With FAST_SPEC's tiny tasks an idle machine finishes every task before the
+    client has written its first block, and no worker is busy to be killed.
+    """
+    root = tmp_path_factory.mktemp("faults-lasting")
+    text = FAST_SPEC.replace("m = [40, 120]", "m = [3000, 6000]").replace(
+        "block = 2", "block = 4"
+    )
+    spec = write_spec(root, text, "lasting")
+    study = load_spec(spec)
+    return study, spec, reference_store(study, str(root / "reference.zarr"))
+
+
+def test_a_worker_killed_mid_task_loses_nothing(dask_cluster, lasting, tmp_path):
+    study, _, reference = lasting
     store = str(tmp_path / "worker-killed.zarr")
     pids = dask_cluster.worker_pids()
     killed: dict[str, object] = {}
