@@ -6,15 +6,14 @@ other runs in the batch:
 
 - small k * d: the fused kernel generated per (k, d) in `_kernel_small`, on
   points-last data (R, d, m);
-- large k * d: blocks of `BLOCK` points on points-first data (R, m, d), with
-  BLAS for the two products (logits = mu @ x_block.T, sums += w @ x_block)
-  and `fast_exp` for the softmax. BLAS is held to one thread while these run
-  (the parallelism is over runs).
+- large k * d: the register-blocked kernel of `_kernel_large`, on
+  points-last data padded to a multiple of four coordinates (R, D, m).
 
 Both use NumPy's error model (no zero checks that block vectorisation) and
 fast-math flags that allow reassociation of sums and FMA contraction; the
 exp itself is compiled without reassociation (see `pmstudy.fastexp`). Memory
-beyond one transposed copy of the data is O(k * BLOCK) per thread.
+beyond one transposed copy of the data is O(k * d + k * 256) per thread.
+BLAS is held to one thread while they run (the parallelism is over runs).
 """
 
 from __future__ import annotations
@@ -30,13 +29,12 @@ import numpy as np
 from numba import njit, prange
 from threadpoolctl import ThreadpoolController
 
+from pmstudy import _kernel_large
 from pmstudy._kernel_small import small_kernel
-from pmstudy.fastexp import fast_exp_nonpositive
 
 logger = logging.getLogger(__name__)
 
 FLAGS = {"reassoc", "contract", "nsz", "arcp"}
-BLOCK = 256
 CHUNK = 8
 # Steps per call grow with the steps taken (an eighth of them, up to
 # MAX_CHUNK): a run that stops inside a call wastes at most an eighth of its
@@ -47,7 +45,7 @@ MAX_CHUNK = 256
 MAX_PATH_VALUES = 1 << 22
 
 # Fused kernels keep k * (d + 1) running sums and k * d center coordinates in
-# registers; beyond this they spill and the blocked BLAS kernel wins.
+# registers; beyond this they spill and the register-blocked kernel wins.
 SMALL_MAX_K = 8
 SMALL_MAX_SUMS = 40
 
@@ -105,97 +103,6 @@ def kernel_threads():
             yield
     finally:
         numba.set_num_threads(previous)
-
-
-@njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
-def _softmax_columns(logits, half_sq, top, total):
-    """In place: logits (k, p) -> responsibilities; returns nothing.
-
-    Row j gets half_sq[j] added; each column is shifted by its maximum and
-    normalised. top and total are (p,) scratch.
-    """
-    k, p = logits.shape
-    for t in range(p):
-        top[t] = logits[0, t] + half_sq[0]
-    for j in range(1, k):
-        for t in range(p):
-            v = logits[j, t] + half_sq[j]
-            top[t] = v if v > top[t] else top[t]
-    for t in range(p):
-        total[t] = 0.0
-    for j in range(k):
-        for t in range(p):
-            e = fast_exp_nonpositive(logits[j, t] + half_sq[j] - top[t])
-            logits[j, t] = e
-            total[t] += e
-    for t in range(p):
-        total[t] = 1.0 / total[t]
-    for j in range(k):
-        for t in range(p):
-            logits[j, t] *= total[t]
-
-
-@njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
-def _em_step_blocked(x, mu, sums, counts, logits, top, total):
-    """One EM pass of one run: x (m, d), mu (k, d) -> sums (k, d), counts (k,)."""
-    m = x.shape[0]
-    k = mu.shape[0]
-    half_sq = np.empty(k)
-    for j in range(k):
-        acc = 0.0
-        for i in range(mu.shape[1]):
-            acc += mu[j, i] * mu[j, i]
-        half_sq[j] = -0.5 * acc
-    sums[:] = 0.0
-    counts[:] = 0.0
-    for lo in range(0, m, BLOCK):
-        hi = min(lo + BLOCK, m)
-        block = x[lo:hi]
-        if hi - lo == BLOCK:
-            resp = logits
-            np.dot(mu, block.T, resp)
-            _softmax_columns(resp, half_sq, top, total)
-        else:
-            resp = np.dot(mu, block.T)
-            _softmax_columns(resp, half_sq, top, total)
-        sums += np.dot(resp, block)
-        for j in range(k):
-            acc = 0.0
-            for t in range(hi - lo):
-                acc += resp[j, t]
-            counts[j] += acc
-
-
-@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def em_steps_blocked(data, run_data, centers, path, starved):
-    """EM steps for every run, recording each.
-
-    data (R, m, d); centers (B, k, d); path (B, n + 1, k, d) receives the
-    start and the centers after each of the n steps; starved (B, n) whether
-    some center had zero total responsibility at that step (kept in place).
-    """
-    n_runs, k, d = centers.shape
-    n_steps = path.shape[1] - 1
-    for b in prange(n_runs):
-        x = data[run_data[b]]
-        mu = centers[b].copy()
-        path[b, 0] = mu
-        sums = np.empty((k, d))
-        counts = np.empty(k)
-        logits = np.empty((k, BLOCK))
-        top = np.empty(BLOCK)
-        total = np.empty(BLOCK)
-        for step in range(n_steps):
-            _em_step_blocked(x, mu, sums, counts, logits, top, total)
-            hungry = False
-            for j in range(k):
-                if counts[j] > 0.0:
-                    for i in range(d):
-                        mu[j, i] = sums[j, i] / counts[j]
-                else:
-                    hungry = True
-            path[b, step + 1] = mu
-            starved[b, step] = hungry
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -377,8 +284,8 @@ class NumbaStepper:
             self.kernel = small_kernel(k, d).em_steps
             self.layout_data = np.ascontiguousarray(data_c.transpose(0, 2, 1))
         else:
-            self.kernel = em_steps_blocked
-            self.layout_data = data_c
+            self.kernel = _kernel_large.em_steps
+            self.layout_data = _kernel_large.points_last_padded(data_c)
 
     def chunk_for(self, taken: int, max_iter: int, n_active: int) -> int:
         """Steps for the next call of ``n_active`` runs after ``taken`` steps."""

@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 from numba import njit
 
+from pmstudy._kernel_large import BLOCK, em_steps, points_last_padded
 from pmstudy._kernel_small import small_kernel
-from pmstudy._kernels import (
-    BLOCK,
-    em_steps_blocked,
-    loglik_runs,
-    use_small_kernel,
-)
+from pmstudy._kernels import loglik_runs, use_small_kernel
 from pmstudy.fastexp import fast_exp, fast_exp_array, fast_exp_nonpositive
 
 TINY = np.finfo(np.float64).tiny  # smallest normal
@@ -123,17 +119,29 @@ def test_fused_pass_matches_numpy(k: int, d: int) -> None:
     np.testing.assert_allclose(out[:, d], counts, rtol=1e-11)
 
 
-@pytest.mark.parametrize("m", [1, BLOCK - 1, BLOCK, 3 * BLOCK + 17])
-def test_blocked_steps_match_numpy_at_block_edges(m: int) -> None:
-    k, d = 9, 6
+@pytest.mark.parametrize(
+    ("k", "d", "m"),
+    [
+        (9, 6, 1),
+        (9, 6, BLOCK - 1),
+        (9, 6, BLOCK),
+        (9, 6, 3 * BLOCK + 17),
+        (10, 8, 2 * BLOCK),  # even k and d a multiple of 4: no padding
+        (2, 300, 70),  # wide and short
+        (12, 3, BLOCK + 1),  # d = 3 padded to 4, in both kernel passes
+    ],
+)
+def test_blocked_steps_match_numpy(k: int, d: int, m: int) -> None:
+    # Block edges, odd k (a dummy row) and d not a multiple of four (zero
+    # rows): the padding must add exact zeros, so the steps equal plain NumPy.
     assert not use_small_kernel(k, d)
-    rng = np.random.default_rng(m)
+    rng = np.random.default_rng(m + 1000 * d + k)
     data = rng.normal(scale=2.0, size=(2, m, d))
     centers = rng.normal(size=(3, k, d))
     run_data = np.array([0, 1, 1])
     path = np.empty((3, 4, k, d))
     starved = np.zeros((3, 3), dtype=bool)
-    em_steps_blocked(data, run_data, centers, path, starved)
+    em_steps(points_last_padded(data), run_data, centers, path, starved)
     for b in range(3):
         mu = centers[b]
         np.testing.assert_array_equal(path[b, 0], mu)
@@ -141,7 +149,9 @@ def test_blocked_steps_match_numpy_at_block_edges(m: int) -> None:
             sums, counts = numpy_pass(data[run_data[b]], mu)
             fed = counts > 0
             mu = np.where(fed[:, None], sums / np.where(fed, counts, 1)[:, None], mu)
+            # Sums of up to ~800 terms of size <= ~10 in another order.
             np.testing.assert_allclose(path[b, step + 1], mu, rtol=0, atol=1e-11)
+            assert not starved[b, step]
 
 
 def test_loglik_kernel_matches_direct_formula() -> None:
