@@ -42,13 +42,18 @@ def test_quick_bench_json_and_table() -> None:
         )
         # Kernel and NumPy reference: same arithmetic up to summation order.
         assert row["reference_max_abs_diff"] < 1e-10
+        flops = 4 * row["k"] * row["d"]
+        assert row["flops_per_point_iteration"] == flops
+        assert row["gflops"] == pytest.approx(flops * work / row["pmstudy_s"] / 1e9)
+        peak = parsed["machine"]["matmul_gflops"]
+        assert row["peak_fraction"] == pytest.approx(row["gflops"] / peak)
         # scikit-learn also fits weights and variances: a gap, reported only.
         assert row["sklearn_center_gap"] >= 0
 
     table = format_bench(result, "table")
     for row in result["workloads"]:
         assert row["name"] in table
-    assert "ratio" in table
+    assert "ratio" in table and "GFLOP/s" in table
 
 
 def test_bad_format_and_repeats() -> None:
