@@ -1,4 +1,4 @@
-"""numba kernels for batched EM: dispatch on (k, d), blocked BLAS path, loglik.
+"""numba kernels for batched EM: dispatch on (k, d), the convergence walk, loglik.
 
 Two kernels do the EM steps, both parallel over runs (``prange``), each run
 computed whole by one thread, so a run's arithmetic never depends on the
