@@ -164,7 +164,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.population:
+    if args.memory:
+        from pmstudy.memory_bench import format_memory_bench, run_memory_bench
+
+        result = run_memory_bench(quick=args.quick)
+        text = format_memory_bench(result, args.format)
+    elif args.population:
         from pmstudy.population_bench import (
             format_population_bench,
             run_population_bench,
@@ -334,10 +339,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--format", choices=("table", "json"), default="table")
     bench.add_argument("--quick", action="store_true", help="small workloads (~30 s)")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats")
-    bench.add_argument(
+    target = bench.add_mutually_exclusive_group()
+    target.add_argument(
         "--population",
         action="store_true",
         help="population EM instead: error against time for r = 1, 2, 3",
+    )
+    target.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak memory of one fit of m = 10^6 points in d = 10 instead",
     )
     bench.set_defaults(handler=_cmd_bench)
 

@@ -61,3 +61,20 @@ def test_bad_format_and_repeats() -> None:
         format_bench({"workloads": [], "note": ""}, "yaml")
     with pytest.raises(SpecError, match="repeats"):
         run_bench(quick=True, repeats=0)
+
+
+@pytest.mark.slow
+def test_memory_bench_quick_measures_a_fresh_process() -> None:
+    from pmstudy.memory_bench import format_memory_bench, run_memory_bench
+
+    result = run_memory_bench(quick=True)
+    assert [row["k"] for row in result["cases"]] == [3, 10]
+    for row in result["cases"]:
+        assert row["data_mb"] == pytest.approx(row["m"] * row["d"] * 8 / 2**20)
+        # The process holds at least the data and a copy; an interpreter with
+        # NumPy and numba alone is well over 50 MB.
+        assert row["peak_mb"] > 2 * row["data_mb"] + 50
+        assert row["within_limit"] == (row["peak_mb"] <= result["limit_mb"])
+        assert row["seconds"] > 0
+    assert "peak MB" in format_memory_bench(result, "table")
+    assert json.loads(format_memory_bench(result, "json")) == result
