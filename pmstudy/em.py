@@ -71,15 +71,16 @@ Backends
 --------
 "numpy" is the plain reference path (array expressions, points in chunks of
 fixed size so that memory stays bounded). "numba" runs the compiled kernels of
-`pmstudy._kernels`: a fused kernel generated per small (k, d), a register-
-blocked kernel over blocks of points for large k * d, both parallel over runs;
-they take several steps per call (more as a run goes on: an eighth of the steps
-taken, up to 256) and the rule above then walks the recorded path, in compiled
-code when numba imports, so a run stops at exactly the step it would stop at one
-step at a time. Inside a Dask worker numba's pool is held to one thread (the
-workers already occupy the cores; see `pmstudy._kernels.kernel_threads`). "auto"
-is numba when it imports. The two backends agree to rounding (about 1e-14), not
-bit for bit; each is bit-for-bit independent of the batch.
+`pmstudy._kernels`: a fused kernel generated per small (k, d), a
+register-blocked kernel over blocks of points for large k * d, both parallel
+over runs; they take several steps per call (more as a run goes on: an eighth of
+the steps taken, up to 256) and the rule above then walks the recorded path, in
+compiled code when numba imports, so a run stops at exactly the step it would
+stop at one step at a time. Inside a Dask worker numba's pool is held to one
+thread (the workers already occupy the cores; see
+`pmstudy._kernels.kernel_threads`). "auto" is numba when it imports. The two
+backends agree to rounding (about 1e-14), not bit for bit; each is bit-for-bit
+independent of the batch.
 
 Starved centers
 ---------------
