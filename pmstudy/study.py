@@ -40,10 +40,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pmstudy import mixture, schemes
+import numpy as np
+
+from pmstudy import mixture, schemes, seeds
 from pmstudy.errors import SpecError
 
-__all__ = ["SchemeSpec", "Study", "Task", "load_spec", "parse_spec"]
+__all__ = [
+    "MAX_K",
+    "MAX_TASK_BYTES",
+    "SchemeSpec",
+    "Study",
+    "Task",
+    "load_spec",
+    "parse_spec",
+]
 
 _TOP_KEYS = {
     "name",
@@ -70,6 +80,19 @@ _POPULATION_DEFAULTS = {
     "tol": 1e-8,
 }
 _DEFAULT_BLOCK = 50
+
+# The store counts merged and split true centers per run in int8, and outcome
+# matching is a Hungarian assignment, cubic in k, per run; 100 keeps both well
+# inside their range and is already far beyond what a Monte Carlo study of P_m
+# can afford.
+MAX_K = 100
+
+# One task holds its block's data sets, (block, m, d) float64, about three times
+# over: the samples, the EM kernel's centered copy and the temporary it is made
+# from. A task that needs more than this would fail on its worker, after the
+# store was created, so such a spec is refused at load.
+MAX_TASK_BYTES = 8 * 2**30
+_TASK_DATA_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -237,7 +260,7 @@ def parse_spec(text: str, *, default_name: str = "study") -> Study:
     if not isinstance(name, str) or not name.strip():
         raise SpecError("name", name, "a non-empty string")
     seed = _integer(raw, "seed", minimum=0)
-    k = _integer(raw, "k", minimum=1)
+    k = _integer(raw, "k", minimum=1, maximum=MAX_K)
     d = _integer(raw, "d", minimum=1)
     replicates = _integer(raw, "replicates", minimum=1)
     block = _integer(raw, "block", minimum=1) if "block" in raw else None
@@ -256,7 +279,9 @@ def parse_spec(text: str, *, default_name: str = "study") -> Study:
     grid = _table(raw, "grid")
     _reject_unknown(grid, {"separation", "m"}, "grid.")
     separations = _separations(grid)
+    _check_center_magnitude(seed, k, d, layout, layout_params, separations)
     ms = _sample_sizes(grid, k)
+    _check_task_size(ms, block, d, "grid.m")
 
     scheme_specs = _schemes(raw["schemes"], k, d)
 
@@ -273,6 +298,9 @@ def parse_spec(text: str, *, default_name: str = "study") -> Study:
     population = {**_POPULATION_DEFAULTS, **_table(raw, "population", required=False)}
     _reject_unknown(population, set(_POPULATION_DEFAULTS), "population.")
     proxy_size = _integer(population, "proxy_size", minimum=k + 1, prefix="population.")
+    if any(math.isinf(m) for m in ms):
+        # At m = inf each replicate draws a proxy sample of this size instead.
+        _check_task_size((float(proxy_size),), block, d, "population.proxy_size")
     same_init = population["same_init"]
     if not isinstance(same_init, bool):
         raise SpecError("population.same_init", same_init, "true or false")
@@ -327,12 +355,24 @@ def _table(raw: Mapping[str, Any], key: str, *, required: bool = True) -> dict:
 
 
 def _integer(
-    table: Mapping[str, Any], key: str, *, minimum: int, prefix: str = ""
+    table: Mapping[str, Any],
+    key: str,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+    prefix: str = "",
 ) -> int:
     value = table.get(key)
+    expected = (
+        f"an integer >= {minimum}"
+        if maximum is None
+        else f"an integer from {minimum} to {maximum}"
+    )
     # bool is an int in Python; a spec that says `k = true` is a mistake.
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SpecError(f"{prefix}{key}", value, f"an integer >= {minimum}")
+        raise SpecError(f"{prefix}{key}", value, expected)
+    if maximum is not None and value > maximum:
+        raise SpecError(f"{prefix}{key}", value, expected)
     return value
 
 
@@ -372,9 +412,65 @@ def _sample_sizes(grid: Mapping[str, Any], k: int) -> tuple[float, ...]:
         if not isinstance(value, int) or isinstance(value, bool) or value <= k:
             raise SpecError("grid.m", value, f'an integer > k = {k}, or "inf"')
         out.append(float(value))
-    if len(set(out)) != len(out):
-        raise SpecError("grid.m", values, "a list without repeated values")
+    # The m axis of the store is in spec order and every reading of it (where
+    # P_m first reaches a level, the curves) walks it upwards: an order given
+    # here is kept, so it must be the increasing one.
+    if any(b <= a for a, b in zip(out, out[1:], strict=False)):
+        raise SpecError(
+            "grid.m",
+            values,
+            'a strictly increasing list, without repeats, with "inf" (if any) last',
+        )
     return tuple(out)
+
+
+def _check_task_size(
+    sizes: tuple[float, ...], block: int, d: int, field_name: str
+) -> None:
+    """Refuse a sample size whose task would not fit in `MAX_TASK_BYTES`."""
+    per_point = _TASK_DATA_COPIES * block * d * 8
+    largest = max((m for m in sizes if math.isfinite(m)), default=0.0)
+    if largest * per_point <= MAX_TASK_BYTES:
+        return
+    allowed = MAX_TASK_BYTES // per_point
+    raise SpecError(
+        field_name,
+        int(largest),
+        f"at most {allowed:,} with block = {block} and d = {d} (one task holds "
+        f"its block of data sets, block x m x d float64, about "
+        f"{_TASK_DATA_COPIES} times, and must fit in "
+        f"{MAX_TASK_BYTES / 2**30:g} GiB; a smaller `block` allows a larger m)",
+    )
+
+
+def _check_center_magnitude(
+    seed: int,
+    k: int,
+    d: int,
+    layout: str,
+    params: dict[str, Any],
+    separations: tuple[float, ...],
+) -> None:
+    """Refuse separations whose true centers the schemes would refuse as data.
+
+    The centers scale linearly with the separation (the layout's shape drawn
+    from the same stream at every separation, see `pmstudy.store.true_centers`),
+    so the shape at separation 1 bounds them all.
+    """
+    # The limit the schemes apply to data (private there; one constant for both).
+    limit = schemes._MAX_ABS_COORDINATE
+    rng = seeds.stream(seed, "layout")
+    shape = mixture.layout_centers(layout, k, d, 1.0, params, rng)
+    spread = float(np.max(np.abs(shape)))
+    largest = max(separations)
+    if spread * largest < limit:
+        return
+    raise SpecError(
+        "grid.separation",
+        largest,
+        f"at most {limit / spread:.3g} for this layout: the true centers (and so "
+        f"the data) must have coordinates below {limit:.0e} in absolute value",
+    )
 
 
 def _schemes(values: Any, k: int, d: int) -> tuple[SchemeSpec, ...]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
+from pmstudy import mixture, schemes
 from pmstudy.errors import SpecError
-from pmstudy.study import load_spec, parse_spec
+from pmstudy.study import MAX_K, MAX_TASK_BYTES, load_spec, parse_spec
 from tests.conftest import TINY_SPEC
 
 
@@ -83,6 +85,22 @@ BAD_FIELDS = [
     ("max_iter = 5000", "max_iter = 0", "em.max_iter", ">= 1"),
     ("max_iter = 5000", "max_iters = 5000", "em.max_iters", "one of"),
     ("seed = 7", "seed = 7\nsede = 3", "sede", "one of"),
+    # The store counts merged and split centers in int8.
+    ("k = 3", "k = 128", "k", "from 1 to 100"),
+    ("k = 3", "k = 101", "k", "from 1 to 100"),
+    # A decreasing grid made the report's transition sample sizes wrong.
+    ("m = [20, 60]", "m = [60, 20]", "grid.m", "strictly increasing"),
+    ("m = [20, 60]", 'm = ["inf", 20]', "grid.m", '"inf" (if any) last'),
+    ("m = [20, 60]", "m = [20, 20]", "grid.m", "without repeats"),
+    # One task would need terabytes: a MemoryError on every worker before.
+    ("m = [20, 60]", "m = [20, 100_000_000_000]", "grid.m", "smaller `block`"),
+    # The data would exceed what the schemes accept, on every worker before.
+    (
+        "separation = [1.5, 3.0]",
+        "separation = [1.5, 1e300]",
+        "grid.separation",
+        "1e+100",
+    ),
 ]
 
 
@@ -119,3 +137,66 @@ def test_missing_file_and_bad_toml(tmp_path):
     bad.write_text("k = = 3")
     with pytest.raises(SpecError, match="valid TOML"):
         load_spec(bad)
+
+
+def test_k_up_to_the_bound_is_accepted():
+    text = _edit(
+        'name = "points"\ncenters = [[0.0], [1.0], [4.0]]', 'name = "line"'
+    ).replace("k = 3", "k = 100")
+    study = parse_spec(text.replace("m = [20, 60]", "m = [200, 600]"))
+    assert study.k == 100 == MAX_K
+
+
+def test_m_inf_last_after_increasing_finite_sizes():
+    study = parse_spec(_edit("m = [20, 60]", 'm = [20, 60, "inf"]'))
+    assert study.ms == (20.0, 60.0, math.inf)
+
+
+def test_task_memory_bound_is_exact_and_block_is_the_knob():
+    # block = 4, d = 1: a task holds 4 x m x 1 float64 about 3 times.
+    allowed = MAX_TASK_BYTES // (3 * 4 * 1 * 8)
+    ok = parse_spec(_edit("m = [20, 60]", f"m = [20, {allowed}]"))
+    assert ok.ms[-1] == allowed
+    with pytest.raises(SpecError) as info:
+        parse_spec(_edit("m = [20, 60]", f"m = [20, {allowed + 1}]"))
+    assert info.value.field == "grid.m" and info.value.value == allowed + 1
+    assert f"at most {allowed:,} with block = 4" in str(info.value)
+    # Halving the block doubles what fits.
+    smaller = parse_spec(
+        _edit("m = [20, 60]", f"m = [20, {2 * allowed}]").replace(
+            "block = 4", "block = 2"
+        )
+    )
+    assert smaller.block == 2
+
+
+def test_proxy_size_is_bounded_like_m_when_m_is_infinite():
+    allowed = MAX_TASK_BYTES // (3 * 4 * 1 * 8)
+    text = _edit("m = [20, 60]", 'm = [20, "inf"]')
+    big = f"\n[population]\nproxy_size = {allowed + 1}\n"
+    with pytest.raises(SpecError) as info:
+        parse_spec(text + big)
+    assert info.value.field == "population.proxy_size"
+    # Without m = inf no proxy sample is drawn, so the size does not matter.
+    assert parse_spec(TINY_SPEC + big).proxy_size == allowed + 1
+
+
+def test_separation_bound_matches_what_the_schemes_refuse():
+    from pmstudy.store import true_centers
+
+    with pytest.raises(SpecError) as info:
+        parse_spec(_edit("separation = [1.5, 3.0]", "separation = [1.5, 1e300]"))
+    # The largest separation allowed, from the message, is accepted and gives
+    # centers just inside the schemes' limit.
+    allowed = float(str(info.value).split("at most ")[1].split(" ")[0])
+    study = parse_spec(
+        _edit("separation = [1.5, 3.0]", f"separation = [1.5, {allowed * 0.99}]")
+    )
+    centers = true_centers(study, study.separations[-1])
+    assert 1e99 < np.abs(centers).max() < 1e100
+    # Data around centers past the limit are what the schemes refuse on workers.
+    rng = np.random.default_rng(0)
+    far = true_centers(study, 1e300)
+    x = mixture.sample_mixture(far, 20, rng)
+    with pytest.raises(SpecError, match="1e\\+100"):
+        schemes.initial_centers("forgy", x, 3, rng, centers_true=far, params={})
