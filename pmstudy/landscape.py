@@ -20,9 +20,21 @@ Kinds
   decide such a point.
 - "undecided": population EM ran out of budget; never classified.
 
-`eig_tol` is max(1e-6, 100 (k d) e_H), e_H the Hessian's error estimate: an
-eigenvalue moves by at most k d e_H under that error, so a sign decided
-outside the band is safe; inside it the point is called degenerate.
+`eig_tol` is max(1e-6, c (k d) e_H), e_H the Hessian's error estimate: an
+eigenvalue moves by at most k d e_H under that error (Weyl's inequality with
+the Frobenius norm), so a sign decided outside the band is safe; inside it
+the point is called degenerate. c = 100 for the piecewise rule (r <= 3),
+whose estimate is the difference of two rules and could be optimistic by a
+large factor; c = 1 for quasi-Monte Carlo (r >= 4), whose estimate is
+already three standard errors over independent scramblings.
+
+Where the population integrals are only accurate to e (the step's error
+estimate), the computed critical point is that of a map perturbed by e, and
+lies about e / (1 - rho) from the exact one, rho < 1 the contraction of EM
+there. Two limits count as one point, and a limit as the truth, within
+`position_tol` = max(1e-6, 10 e): exact to 1e-6 for r <= 3 (e ~ 1e-11), about
+3e-3 for quasi-Monte Carlo (e ~ 3e-4; measured offsets from the truth were
+below e).
 
 Runs that end with a slow merge (`END_MERGING`) are carried to the merged
 point: the closest pair is replaced by its midpoint (population EM keeps two
@@ -47,7 +59,7 @@ from pmstudy.population import (
     population_hessian,
     population_loglik,
 )
-from pmstudy.population.core import check_centers
+from pmstudy.population.core import check_centers, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +70,9 @@ _NEWTON_GRADIENT = 1e-10
 _NEWTON_MAX_STEP = 1e-2  # a longer Newton step would leave the EM limit
 _EIG_FLOOR = 1e-6
 _SAME_POINT = 1e-6  # distance (sigma) under which two limits are one point
+_POSITION_FACTOR = 10.0  # position_tol in units of the step's error estimate
+_BAND_PIECEWISE = 100.0
+_BAND_QMC = 1.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,9 @@ class CriticalPoints:
         (B,) error estimate of loglik_gap.
     eig_tol : np.ndarray
         (B,) the band around zero within which an eigenvalue counts as zero.
+    position_tol : np.ndarray
+        (B,) distance within which the point counts as the truth, or as
+        another limit (see the module docstring).
     method : str
         How the population integrals were computed.
     """
@@ -100,6 +118,7 @@ class CriticalPoints:
     n_iter: np.ndarray
     loglik_error: np.ndarray
     eig_tol: np.ndarray
+    position_tol: np.ndarray
     method: str
 
 
@@ -139,6 +158,7 @@ def critical_point(
     end = res.end.copy()
     n_iter = res.n_iter.copy()
     method = res.method
+    position_tol = np.maximum(_SAME_POINT, _POSITION_FACTOR * res.error)
 
     merging = np.flatnonzero(end == END_MERGING)
     if merging.size:
@@ -146,6 +166,7 @@ def critical_point(
         again = population_em(centers_true, merged, max_iter=max_iter, tol=tol)
         centers[merging] = again.centers
         n_iter[merging] += again.n_iter
+        position_tol[merging] = np.maximum(_SAME_POINT, _POSITION_FACTOR * again.error)
         # The pair is merged now: a budget run-out there is still undecided.
         end[merging] = np.where(again.end == END_BUDGET, END_BUDGET, END_MERGING)
 
@@ -159,12 +180,13 @@ def critical_point(
     eig = np.full((len(centers), k * d), np.nan)
     eig_tol = np.full(len(centers), np.nan)
     if decided.size:
-        hess, hess_err = population_hessian(centers_true, centers[decided])
+        hess, acc = evaluate("hessian", centers_true, centers[decided])
         eig[decided] = np.linalg.eigvalsh(hess)
-        eig_tol[decided] = np.maximum(_EIG_FLOOR, 100.0 * k * d * hess_err)
+        band = np.where(acc.rank >= 4, _BAND_QMC, _BAND_PIECEWISE)
+        eig_tol[decided] = np.maximum(_EIG_FLOOR, band * k * d * acc.error)
     loglik, ll_err = population_loglik(centers_true, centers)
     ll_true, ll_true_err = population_loglik(centers_true, centers_true[None])
-    kind = _classify(centers_true, centers, eig, eig_tol, end)
+    kind = _classify(centers_true, centers, eig, eig_tol, position_tol, end)
     return CriticalPoints(
         centers=centers,
         loglik=loglik,
@@ -176,6 +198,7 @@ def critical_point(
         n_iter=n_iter,
         loglik_error=ll_err + ll_true_err[0],
         eig_tol=eig_tol,
+        position_tol=position_tol,
         method=method,
     )
 
@@ -246,7 +269,7 @@ def _same_up_to_permutation(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
     )
 
 
-def _classify(centers_true, centers, eig, eig_tol, end) -> np.ndarray:
+def _classify(centers_true, centers, eig, eig_tol, position_tol, end) -> np.ndarray:
     kind = np.empty(len(centers), dtype=object)
     for b in range(len(centers)):
         if end[b] == END_BUDGET:
@@ -255,7 +278,7 @@ def _classify(centers_true, centers, eig, eig_tol, end) -> np.ndarray:
             kind[b] = "saddle"
         elif eig[b].max() >= -eig_tol[b]:
             kind[b] = "degenerate"
-        elif _same_up_to_permutation(centers[b], centers_true, _SAME_POINT):
+        elif _same_up_to_permutation(centers[b], centers_true, position_tol[b]):
             kind[b] = "global maximum"
         else:
             kind[b] = "local maximum"
@@ -293,8 +316,9 @@ def census(
         "critical_points": [{"centers", "loglik_gap", "hessian_eigenvalues",
         "kind", "basin": {scheme: fraction}}], "undecided": {scheme:
         fraction}}``. Points are distinct up to a permutation of the centers
-        (within 1e-6), ordered by log-likelihood gap; each basin fraction is
-        the share of that scheme's starts that reached the point.
+        (within `position_tol`, 1e-6 for r <= 3), ordered by log-likelihood
+        gap; each basin fraction is the share of that scheme's starts that
+        reached the point.
     """
     centers_true = np.asarray(centers_true, dtype=np.float64)
     if not isinstance(inits, Mapping) or not inits:
@@ -322,7 +346,8 @@ def census(
         if cps.kind[b] == "undecided":
             continue
         for idx, point in enumerate(points):
-            if _same_up_to_permutation(cps.centers[b], point["_centers"], _SAME_POINT):
+            near = max(cps.position_tol[b], cps.position_tol[point["_first"]])
+            if _same_up_to_permutation(cps.centers[b], point["_centers"], near):
                 members[idx].append(b)
                 break
         else:

@@ -107,3 +107,26 @@ def test_census_rejects_bad_inits():
         census(COUNTEREXAMPLE, {"bad": np.zeros((2, 2, 1))}, max_iter=10, tol=1e-6)
     with pytest.raises(SpecError, match="inits"):
         census(COUNTEREXAMPLE, {}, max_iter=10, tol=1e-6)
+
+
+@pytest.mark.slow
+def test_rank_four_converges_and_finds_the_truth_within_its_accuracy():
+    # k = 5 in d = 4: integrals of rank 4, quasi-Monte Carlo with an error of
+    # a few 1e-4. A tol of 1e-8 cannot be met there; the rule's noise floor
+    # must end the run, and the truth must be recognised within position_tol
+    # (10 times the step's error), not called degenerate or undecided.
+    centers_true = np.vstack([np.zeros(4), 3.0 * np.eye(4)])
+    rng = np.random.default_rng(4)
+    start = centers_true[None] + rng.normal(scale=0.5, size=(1, 5, 4))
+    cps = critical_point(centers_true, start, max_iter=200, tol=1e-8)
+    assert cps.em_end[0] == END_CONVERGED
+    assert cps.n_iter[0] < 100
+    assert "randomized QMC, r=4" in cps.method
+    assert cps.kind[0] == "global maximum"
+    assert 1e-6 < cps.position_tol[0] < 1e-2
+    offset = np.abs(np.sort(cps.centers[0], axis=0) - np.sort(centers_true, axis=0))
+    assert offset.max() <= cps.position_tol[0]
+    # Its gap is zero within its own error estimate.
+    assert abs(cps.loglik_gap[0]) <= cps.loglik_error[0]
+    # A clear maximum: the eigenvalues are far outside the band.
+    assert cps.hessian_eigenvalues[0].max() < -10 * cps.eig_tol[0]

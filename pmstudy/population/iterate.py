@@ -21,8 +21,10 @@ noise (four times the quadrature error estimate, for the piecewise rule
 whose panels move in small jumps with the centers) that no longer contracts
 (rho >= 1) is converged too: there the iteration only sees the rule's
 jitter, and the point is a fixed point to within the rule's accuracy. The
-quasi-Monte Carlo map (r >= 4) is smooth, its error a bias, and it gets
-only the rounding floor.
+quasi-Monte Carlo map (r >= 4) jitters the same way, at its much larger
+error (about 1e-4): its points are fixed in the reduced coordinates, whose
+basis turns with the centers. A ``tol`` below that error cannot be met by
+the ordinary rule there, so this floor is what ends those runs.
 
 Slow merging
 ------------
@@ -159,10 +161,10 @@ def population_em(
         with np.errstate(divide="ignore", invalid="ignore"):
             remaining = step * rho / (1.0 - rho)
         rounding = _ROUND_FACTOR * (1.0 + np.abs(new).max(axis=(1, 2)))
-        # The piecewise rule's panels move in jumps with the centers, so its
-        # map is smooth only to about its error; the quasi-Monte Carlo map
-        # (fixed points) is smooth, and its error is a bias, not noise.
-        noise = np.where(acc.rank <= 3, _NOISE_FACTOR * acc.error, 0.0) + rounding
+        # The piecewise rule's panels move in jumps with the centers, and the
+        # quasi-Monte Carlo points turn with the reduced basis: either map is
+        # smooth only to about its error.
+        noise = _NOISE_FACTOR * acc.error + rounding
         converged = (
             (step <= rounding)
             | ((rho < 1.0) & (remaining <= tol))
