@@ -289,7 +289,11 @@ def _random_partition(
 
     Infinite-sample analog: all k centers at the mean of the true mixture,
     exactly coincident. EM keeps coincident centers coincident, so population
-    EM from this start never separates them (for k >= 2).
+    EM from that limit never separates them (for k >= 2). A study at m = inf
+    draws from a proxy sample of size n instead, which leaves the centers
+    about sqrt(k / n) apart (times the spread); population EM separates them
+    from there, so, like uniform-box, the scheme's P_inf depends on the
+    proxy size and describes a tiny random break of the symmetric start.
     """
     order = rng.permutation(x.shape[0])
     return np.array([x[order[j::k]].mean(axis=0) for j in range(k)])
@@ -542,8 +546,10 @@ _REGISTRY: dict[str, _Scheme] = {
     "random-partition": _Scheme(
         init=_random_partition,
         analog=(
-            "All k centers exactly at the mean of the true mixture, a symmetric "
-            "start that population EM never breaks."
+            "In the limit all k centers at the mean of the true mixture, a "
+            "symmetric start population EM never breaks; at m = inf the proxy "
+            "sample of size n leaves them about sqrt(k / n) apart, and EM "
+            "separates them from there, so the result depends on proxy_size."
         ),
     ),
     "gaussian": _Scheme(
