@@ -340,11 +340,15 @@ class Reach:
         at the level there; None when the level is not reached or there is no data.
     status : str
         One of `REACH_STATUSES`.
+    largest_m : float or None
+        The largest m with data: "not reached" means not reached by this m (an m
+        of the grid with no data yet says nothing). None when there is no data.
     """
 
     level: float
     m: float | None
     status: str
+    largest_m: float | None = None
 
 
 def reach_sample_size(ms: Sequence[float], ps: Sequence[float], level: float) -> Reach:
@@ -357,7 +361,7 @@ def reach_sample_size(ms: Sequence[float], ps: Sequence[float], level: float) ->
     Parameters
     ----------
     ms : sequence of float, shape (M,)
-        Finite sample sizes, strictly increasing.
+        Finite sample sizes, strictly increasing (`transition_rows` sorts them).
     ps : sequence of float, shape (M,)
         P_m at each; NaN where a cell has no data (such points are skipped).
     level : float
@@ -378,16 +382,17 @@ def reach_sample_size(ms: Sequence[float], ps: Sequence[float], level: float) ->
     m, p = m[known], p[known]
     if m.size == 0:
         return Reach(level, None, "no data")
+    largest = float(m[-1])
     above = np.flatnonzero(p >= level)
     if above.size == 0:
-        return Reach(level, None, "not reached")
+        return Reach(level, None, "not reached", largest)
     first = int(above[0])
     if first == 0:
-        return Reach(level, float(m[0]), "already at smallest m")
+        return Reach(level, float(m[0]), "already at smallest m", largest)
     # p[first - 1] < level <= p[first], so the slope is positive.
     x0, x1 = math.log(m[first - 1]), math.log(m[first])
     t = (level - p[first - 1]) / (p[first] - p[first - 1])
-    return Reach(level, float(math.exp(x0 + t * (x1 - x0))), "interpolated")
+    return Reach(level, float(math.exp(x0 + t * (x1 - x0))), "interpolated", largest)
 
 
 def transition_rows(
@@ -407,8 +412,8 @@ def transition_rows(
     list of dict
         Keys ``separation``, ``scheme``, ``p_inf``, ``p_inf_lo``, ``p_inf_hi``
         (None where the store has no m = inf or its cell has no data), and
-        ``reach``: a list of ``{"level", "m", "status"}``, one per level (see
-        `Reach`).
+        ``reach``: a list of ``{"level", "m", "status", "largest_m"}``, one per
+        level (see `Reach`).
     """
     groups: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -428,7 +433,13 @@ def transition_rows(
                 "p_inf_lo": limit["lo"] if limit else None,
                 "p_inf_hi": limit["hi"] if limit else None,
                 "reach": [
-                    {"level": r.level, "m": r.m, "status": r.status} for r in reaches
+                    {
+                        "level": r.level,
+                        "m": r.m,
+                        "status": r.status,
+                        "largest_m": r.largest_m,
+                    }
+                    for r in reaches
                 ],
             }
         )
