@@ -51,7 +51,12 @@ def interval_name(method: str, alpha: float) -> str:
     name = {"wilson": "Wilson", "clopper-pearson": "Clopper-Pearson"}.get(
         method, method
     )
-    return f"{name} {100 * (1 - alpha):g}%"
+    # "95%" for the usual levels; levels that round to 100% in six digits
+    # are named by alpha instead, so no header claims certainty.
+    level = f"{100 * (1 - alpha):g}"
+    if level == "100":
+        return f"{name} (alpha = {alpha:g})"
+    return f"{name} {level}%"
 
 
 def format_report(summary: Mapping[str, Any], fmt: str) -> str:

@@ -262,3 +262,11 @@ def test_summary_has_no_nan_even_without_data(ds):
                 walk(v)
 
     walk(summary)
+
+
+def test_interval_name_never_claims_100_percent() -> None:
+    from pmstudy.report import interval_name
+
+    assert interval_name("wilson", 0.05) == "Wilson 95%"
+    assert interval_name("clopper-pearson", 0.001) == "Clopper-Pearson 99.9%"
+    assert interval_name("wilson", 1e-12) == "Wilson (alpha = 1e-12)"
