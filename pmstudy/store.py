@@ -293,7 +293,7 @@ def _differences(
 
 def _check_local_path(path: str) -> None:
     """Refuse a local store path that is a file or lies below a file."""
-    target = Path(path)
+    target = Path(path.removeprefix("file://"))
     for parent in (target, *target.parents):
         if parent.exists():
             if not parent.is_dir():
@@ -302,6 +302,22 @@ def _check_local_path(path: str) -> None:
                     "store", path, f"a directory path (it {where} a file, not a store)"
                 )
             return
+
+
+def _check_new_local_store(path: str) -> None:
+    """Refuse to create a store in a local directory that already holds files.
+
+    zarr would refuse it too, with a bare FileExistsError; whatever is there is
+    not a pmstudy store (there is no zarr group) and must not be mixed with one.
+    """
+    target = Path(path.removeprefix("file://"))
+    if target.is_dir() and any(target.iterdir()):
+        raise SpecError(
+            "store",
+            path,
+            "a new or empty directory, or an existing pmstudy store (this "
+            "directory exists, holds files and is not a pmstudy store)",
+        )
 
 
 def prepare_store(study: Study, path: str) -> None:
@@ -321,7 +337,14 @@ def prepare_store(study: Study, path: str) -> None:
         _check_local_path(path)
     group = _open_group(path, mode="r")
     if group is None:
-        create_store(study, path)
+        if _is_local(path):
+            _check_new_local_store(path)
+        try:
+            create_store(study, path)
+        except FileExistsError as error:  # e.g. a remote prefix holding objects
+            raise SpecError(
+                "store", path, f"a new location or an existing pmstudy store ({error})"
+            ) from None
         return
     attrs = dict(group.attrs)
     normalized = attrs.get("spec_normalized")

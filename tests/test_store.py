@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pmstudy.errors import SpecError
 from pmstudy.store import (
     CELL_VARIABLES,
     BlockState,
@@ -306,3 +307,20 @@ def test_leftovers_of_a_killed_writer_are_removed_on_resume(
     assert not leftover.exists()
     assert unrelated.exists()
     assert "removed 1 temporary file" in caplog.text
+
+
+def test_a_directory_holding_other_files_is_refused_and_left_alone(study, tmp_path):
+    busy = tmp_path / "results"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError) as info:
+        prepare_store(study, str(busy))
+    assert info.value.field == "store"
+    assert "is not a pmstudy store" in str(info.value)
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+    # An empty directory is a fine place for a new store.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare_store(study, str(empty))
+    with open_store(str(empty)) as ds:
+        assert ds.attrs["spec_sha256"] == study.digest()
