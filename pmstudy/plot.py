@@ -652,7 +652,13 @@ def write_figures(
     if census_starts is not None and census_starts < 0:
         raise SpecError("--census", census_starts, "an integer >= 0")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # mkdir says the same for a file at `out` and for a file above it.
+        raise SpecError(
+            "-o", str(out_dir), "a directory path (a file is in the way)"
+        ) from None
     ds = ds.load()
     d = ds.sizes["axis"]
     if census_starts is None:

@@ -275,3 +275,16 @@ def test_landscape_points_are_bad_critical_points(ds):
         assert np.all(gap > 1e-6)
     fig = plot.centers_figure(ds, critical_points=points)
     assert "critical points" in fig.get_suptitle()
+
+
+def test_an_output_path_that_is_a_file_is_one_line(store_path, tmp_path, capsys):
+    taken = tmp_path / "figures.png"
+    taken.write_text("not a directory")
+    assert main(["plot", store_path, "-o", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pmstudy: error: -o: should be a directory path")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert taken.read_text() == "not a directory"
+    # A file above the directory is caught the same way.
+    assert main(["plot", store_path, "-o", str(taken / "sub")]) == 2
+    assert "-o: should be a directory path" in capsys.readouterr().err
