@@ -24,6 +24,10 @@ __all__ = ["census_inits", "format_census", "parse_centers"]
 def parse_centers(text: str) -> np.ndarray:
     """Parse ``"x,y;x,y;..."`` (one center per ``;``) into an array.
 
+    Spaces around entries are allowed; a trailing ``;`` is not (it is an empty
+    center). Coordinates are plain decimal numbers: no underscores (Python's
+    ``float("1_0")`` is 10, which a user would not expect).
+
     Returns
     -------
     ndarray of shape (k, d)
@@ -31,21 +35,42 @@ def parse_centers(text: str) -> np.ndarray:
     Raises
     ------
     SpecError
-        If the text is empty, a coordinate is not a finite number, or the centers
-        do not all have the same dimension.
+        With field ``--centers``, if the text is empty, a center or coordinate is
+        empty or not a finite number, a coordinate is beyond the data limit the
+        schemes apply (see `pmstudy.schemes`), the centers do not all have the
+        same dimension, or two centers coincide.
     """
     expected = 'centers as "x,y;x,y;..." (one center per ";", coordinates by ",")'
-    rows = [part.strip() for part in text.split(";") if part.strip()]
-    if not rows:
+    limit = schemes._MAX_ABS_COORDINATE
+    rows = [part.strip() for part in text.split(";")]
+    if not text.strip():
         raise SpecError("--centers", text, expected)
     centers = []
-    for row in rows:
-        try:
-            values = [float(value) for value in row.split(",")]
-        except ValueError:
-            raise SpecError("--centers", text, expected) from None
-        if not all(math.isfinite(v) for v in values):
-            raise SpecError("--centers", text, "finite coordinates")
+    for n, row in enumerate(rows, start=1):
+        if not row:
+            raise SpecError("--centers", text, f"{expected}; center {n} is empty")
+        values = []
+        for entry in row.split(","):
+            entry = entry.strip()
+            try:
+                if not entry or "_" in entry:
+                    raise ValueError(entry)
+                value = float(entry)
+            except ValueError:
+                problem = (
+                    f"{entry!r} is not a number" if entry else "a coordinate is empty"
+                )
+                raise SpecError("--centers", text, f"{expected}; {problem}") from None
+            if not math.isfinite(value):
+                raise SpecError("--centers", text, "finite coordinates")
+            # Before any arithmetic: squared distances of larger values overflow.
+            if abs(value) >= limit:
+                raise SpecError(
+                    "--centers",
+                    text,
+                    f"coordinates below {limit:.0e} in absolute value",
+                )
+            values.append(value)
         centers.append(values)
     if len({len(c) for c in centers}) != 1:
         raise SpecError("--centers", text, "centers that all have the same dimension")
