@@ -37,6 +37,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"should be an integer >= 0, but got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"should be a finite number > 0, but got {text!r}"
+        )
+    return value
+
+
 class _Progress:
     """A tqdm bar on a terminal; otherwise a log line every tenth of the work."""
 
@@ -74,6 +96,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pmstudy.run import BlocksFailed, run_study
     from pmstudy.study import load_spec
 
+    if args.store is not None and not args.store.strip():
+        raise SpecError("--store", args.store, "a non-empty path or URL")
     study = load_spec(args.spec)
     progress = _Progress()
     try:
@@ -187,7 +211,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_landscape(args: argparse.Namespace) -> int:
-    from pmstudy import landscape
+    from pmstudy import landscape, schemes
     from pmstudy.landscape_cli import census_inits, format_census, parse_centers
     from pmstudy.schemes import SCHEMES, check_scheme
 
@@ -222,6 +246,14 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
             separation = args.separation
         specs = []
         seed = 0 if args.seed is None else args.seed
+    limit = schemes._MAX_ABS_COORDINATE
+    if not np.abs(centers_true).max() < limit:
+        raise SpecError(
+            "--separation",
+            args.separation,
+            f"a separation at which the true centers have coordinates below "
+            f"{limit:.0e} in absolute value",
+        )
     k, d = centers_true.shape
     if args.scheme:
         specs = []
@@ -365,15 +397,41 @@ def _parser() -> argparse.ArgumentParser:
         "--scheme", action="append", metavar="NAME", help="a scheme (repeatable)"
     )
     land.add_argument(
-        "--inits", type=_positive_int, default=20, help="starts per scheme"
+        "--inits",
+        type=_positive_int,
+        default=20,
+        help="starts per scheme (default: %(default)s)",
     )
-    land.add_argument("--seed", type=int, help="seed of the starts (default: spec's)")
     land.add_argument(
-        "--proxy-size", type=_positive_int, default=10000, help="proxy sample size"
+        "--seed",
+        type=_nonnegative_int,
+        help="seed of the starts, an integer >= 0 (default: the spec's, or 0)",
     )
-    land.add_argument("--max-iter", type=_positive_int, default=20000)
-    land.add_argument("--tol", type=float, default=1e-8)
-    land.add_argument("--format", choices=("table", "json"), default="table")
+    land.add_argument(
+        "--proxy-size",
+        type=_positive_int,
+        default=10000,
+        help="size of the proxy sample each start is drawn on (default: %(default)s)",
+    )
+    land.add_argument(
+        "--max-iter",
+        type=_positive_int,
+        default=20000,
+        help="population EM steps at most, per start (default: %(default)s)",
+    )
+    land.add_argument(
+        "--tol",
+        type=_positive_float,
+        default=1e-8,
+        help="population EM stops this close to its fixed point, in units of sigma "
+        "(default: %(default)s)",
+    )
+    land.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="output format (default: %(default)s)",
+    )
     land.set_defaults(handler=_cmd_landscape)
     return parser
 
@@ -415,10 +473,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pmstudy: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "pmstudy: interrupted; what was written is kept, rerun to resume",
-            file=sys.stderr,
+        # Only `run` writes results a rerun can resume from.
+        what = (
+            "; what was written is kept, rerun to resume"
+            if args.command == "run"
+            else ""
         )
+        print(f"pmstudy: interrupted{what}", file=sys.stderr)
         return 130
 
 
