@@ -246,7 +246,7 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
             separation = args.separation
         specs = []
         seed = 0 if args.seed is None else args.seed
-    limit = schemes._MAX_ABS_COORDINATE
+    limit = schemes.MAX_ABS_COORDINATE
     if not np.abs(centers_true).max() < limit:
         raise SpecError(
             "--separation",

@@ -41,7 +41,7 @@ def parse_centers(text: str) -> np.ndarray:
         same dimension, or two centers coincide.
     """
     expected = 'centers as "x,y;x,y;..." (one center per ";", coordinates by ",")'
-    limit = schemes._MAX_ABS_COORDINATE
+    limit = schemes.MAX_ABS_COORDINATE
     rows = [part.strip() for part in text.split(";")]
     if not text.strip():
         raise SpecError("--centers", text, expected)

@@ -163,14 +163,15 @@ def _m_text(m: float) -> str:
     return f"{m:,.0f}" if m >= 100 else f"{m:.3g}"
 
 
-def _reach_text(reach: Mapping[str, Any], smallest: Any, largest: Any) -> str:
+def _reach_text(reach: Mapping[str, Any]) -> str:
     status = reach["status"]
     if status == "interpolated":
         return f"m = {_m_text(reach['m'])}"
     if status == "already at smallest m":
-        return f"already at m = {smallest}"
+        return f"already at m = {_m_text(reach['m'])}"
     if status == "not reached":
-        return f"not reached by m = {largest}"
+        # The largest m with data: in an unfinished store not the grid's last.
+        return f"not reached by m = {_m_text(reach['largest_m'])}"
     return status
 
 
@@ -197,7 +198,6 @@ def _table(summary: Mapping[str, Any]) -> str:
     schemes = list(dict.fromkeys(row["scheme"] for row in rows))
     separations = list(dict.fromkeys(row["separation"] for row in rows))
     ms = list(dict.fromkeys(row["m"] for row in rows))
-    finite = [m for m in ms if m != "inf"]
     by_key = {(row["separation"], row["m"], row["scheme"]): row for row in rows}
     width = max(30, *(len(s) + 2 for s in schemes))
     title = f"Study {summary['study']}: " if summary.get("study") else ""
@@ -225,7 +225,6 @@ def _table(summary: Mapping[str, Any]) -> str:
         + " and ".join(f"{level:g}" for level in levels)
         + " (linear in log m between the grid points around the first crossing)",
     ]
-    smallest, largest = (finite[0], finite[-1]) if finite else (None, None)
     header = ["separation", "scheme", "P_inf", *(f"P_m >= {lv:g}" for lv in levels)]
     body = [
         [
@@ -234,7 +233,7 @@ def _table(summary: Mapping[str, Any]) -> str:
             "not in grid"
             if "inf" not in ms
             else _p_text(t["p_inf"], t["p_inf_lo"], t["p_inf_hi"]),
-            *(_reach_text(r, smallest, largest) for r in t["reach"]),
+            *(_reach_text(r) for r in t["reach"]),
         ]
         for t in summary["transitions"]
     ]

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # Data beyond this magnitude would overflow squared distances (and sklearn's
 # distance computations) to inf; such data are refused rather than silently
 # turned into NaN centers.
-_MAX_ABS_COORDINATE = 1e100
+MAX_ABS_COORDINATE = 1e100
 
 
 # --------------------------------------------------------------------------
@@ -723,11 +723,11 @@ def initial_centers(
     if not np.all(np.isfinite(x)):
         raise SpecError("x", "non-finite values", "finite data")
     largest = float(np.max(np.abs(x)))
-    if largest > _MAX_ABS_COORDINATE:
+    if largest > MAX_ABS_COORDINATE:
         raise SpecError(
             "x",
             f"coordinates up to {largest:.3g}",
-            f"data with coordinates below {_MAX_ABS_COORDINATE:.0e} in absolute value",
+            f"data with coordinates below {MAX_ABS_COORDINATE:.0e} in absolute value",
         )
     centers_true = np.asarray(centers_true, dtype=np.float64)
     if centers_true.shape != (k, d):

@@ -87,12 +87,13 @@ _DEFAULT_BLOCK = 50
 # can afford.
 MAX_K = 100
 
-# One task holds its block's data sets, (block, m, d) float64, about three times
-# over: the samples, the EM kernel's centered copy and the temporary it is made
-# from. A task that needs more than this would fail on its worker, after the
-# store was created, so such a spec is refused at load.
+# One task holds its block's data sets, (block, m, d) float64, about four times
+# over: the samples, the EM kernel's centered copy, the temporary it is made
+# from and the kernel's points-last layout. A task that needs more than this
+# would fail on its worker, after the store was created, so such a spec is
+# refused at load.
 MAX_TASK_BYTES = 8 * 2**30
-_TASK_DATA_COPIES = 3
+_TASK_DATA_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -457,8 +458,8 @@ def _check_center_magnitude(
     from the same stream at every separation, see `pmstudy.store.true_centers`),
     so the shape at separation 1 bounds them all.
     """
-    # The limit the schemes apply to data (private there; one constant for both).
-    limit = schemes._MAX_ABS_COORDINATE
+    # The limit the schemes apply to data: one constant for both.
+    limit = schemes.MAX_ABS_COORDINATE
     rng = seeds.stream(seed, "layout")
     shape = mixture.layout_centers(layout, k, d, 1.0, params, rng)
     spread = float(np.max(np.abs(shape)))

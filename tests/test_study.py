@@ -153,8 +153,8 @@ def test_m_inf_last_after_increasing_finite_sizes():
 
 
 def test_task_memory_bound_is_exact_and_block_is_the_knob():
-    # block = 4, d = 1: a task holds 4 x m x 1 float64 about 3 times.
-    allowed = MAX_TASK_BYTES // (3 * 4 * 1 * 8)
+    # block = 4, d = 1: a task holds 4 x m x 1 float64 about 4 times.
+    allowed = MAX_TASK_BYTES // (4 * 4 * 1 * 8)
     ok = parse_spec(_edit("m = [20, 60]", f"m = [20, {allowed}]"))
     assert ok.ms[-1] == allowed
     with pytest.raises(SpecError) as info:
@@ -171,7 +171,7 @@ def test_task_memory_bound_is_exact_and_block_is_the_knob():
 
 
 def test_proxy_size_is_bounded_like_m_when_m_is_infinite():
-    allowed = MAX_TASK_BYTES // (3 * 4 * 1 * 8)
+    allowed = MAX_TASK_BYTES // (4 * 4 * 1 * 8)
     text = _edit("m = [20, 60]", 'm = [20, "inf"]')
     big = f"\n[population]\nproxy_size = {allowed + 1}\n"
     with pytest.raises(SpecError) as info:
