@@ -95,7 +95,8 @@ def check_cluster(
     Raises
     ------
     SpecError
-        For an unknown cluster, one combined with a scheduler, or SLURM without
+        For an unknown cluster, one combined with a scheduler, a scheduler
+        file that does not exist, or SLURM without
         dask-jobqueue or without ``sbatch`` (jobs that cannot be submitted would
         leave the run waiting for workers forever).
     """
@@ -103,6 +104,13 @@ def check_cluster(
         raise SpecError("--cluster", cluster, f"one of {list(CLUSTERS)}")
     if (scheduler or scheduler_file) and cluster != "local":
         raise SpecError("--cluster", cluster, "left out when a scheduler is given")
+    if scheduler_file and not os.path.isfile(scheduler_file):
+        # A Dask client waits for a missing scheduler file to appear.
+        raise SpecError(
+            "--scheduler-file",
+            scheduler_file,
+            "an existing file written by `dask scheduler --scheduler-file`",
+        )
     if cluster == "slurm" and not (scheduler or scheduler_file):
         if importlib.util.find_spec("dask_jobqueue") is None:
             raise SpecError(

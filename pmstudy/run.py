@@ -15,6 +15,7 @@ same bit for bit whatever the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -351,77 +352,80 @@ def run_study(
     path = store or study.store
     started = time.perf_counter()
     check_cluster(cluster, scheduler, scheduler_file)
-    prepare_store(study, path)
-    states = block_states(study, path)
-    tasks = [task for task, state in states.items() if state is not BlockState.DONE]
-    total = len(states)
-    partial = sum(state is BlockState.PARTIAL for state in states.values())
-    logger.info(
-        "%d of %d blocks already in the store; %d to run (%d partly written)",
-        total - len(tasks),
-        total,
-        len(tasks),
-        partial,
-    )
-    if on_progress is not None:
-        on_progress(total - len(tasks), total)
+    with contextlib.ExitStack() as stack:
+        client_context = None
+        if scheduler or scheduler_file:
+            # Connect before the store exists: a scheduler that cannot be reached
+            # ends the command with nothing created.
+            client = stack.enter_context(
+                open_client(scheduler=scheduler, scheduler_file=scheduler_file)
+            )
+            client_context = contextlib.nullcontext(client)
+        prepare_store(study, path)
+        states = block_states(study, path)
+        tasks = [task for task, state in states.items() if state is not BlockState.DONE]
+        total = len(states)
+        partial = sum(state is BlockState.PARTIAL for state in states.values())
+        logger.info(
+            "%d of %d blocks already in the store; %d to run (%d partly written)",
+            total - len(tasks),
+            total,
+            len(tasks),
+            partial,
+        )
+        if on_progress is not None:
+            on_progress(total - len(tasks), total)
 
-    failures: list[tuple[Task, BaseException]] = []
-    compute_seconds = thread_seconds = run_seconds = 0.0
-    if tasks:
-        with (
-            open_client(
-                cluster=cluster,
-                workers=workers,
-                scheduler=scheduler,
-                scheduler_file=scheduler_file,
-            ) as client,
-            StoreWriter(study, path) as writer,
-        ):
-            queue = iter(tasks)
-            in_flight: dict[Any, Task] = {}
-            # Its own client's loop: an empty `as_completed` would take the loop of
-            # the process's default client, which may be another one.
-            results = as_completed(loop=client.loop)
+        failures: list[tuple[Task, BaseException]] = []
+        compute_seconds = thread_seconds = run_seconds = 0.0
+        if tasks:
+            if client_context is None:
+                client_context = open_client(cluster=cluster, workers=workers)
+            with client_context as client, StoreWriter(study, path) as writer:
+                queue = iter(tasks)
+                in_flight: dict[Any, Task] = {}
+                # Its own client's loop: an empty `as_completed` would take the loop of
+                # the process's default client, which may be another one.
+                results = as_completed(loop=client.loop)
 
-            def top_up(threads: int) -> None:
-                limit = max(_MIN_IN_FLIGHT, _IN_FLIGHT_PER_THREAD * threads)
-                while len(in_flight) < limit:
-                    task = next(queue, None)
-                    if task is None:
-                        return
-                    # The study travels with each task (a few kB): data scattered
-                    # once could be lost with the workers holding it.
-                    future = client.submit(_timed_block, study, task, pure=False)
-                    in_flight[future] = task
-                    results.add(future)
+                def top_up(threads: int) -> None:
+                    limit = max(_MIN_IN_FLIGHT, _IN_FLIGHT_PER_THREAD * threads)
+                    while len(in_flight) < limit:
+                        task = next(queue, None)
+                        if task is None:
+                            return
+                        # The study travels with each task (a few kB): data scattered
+                        # once could be lost with the workers holding it.
+                        future = client.submit(_timed_block, study, task, pure=False)
+                        in_flight[future] = task
+                        results.add(future)
 
-            threads = _threads(client)
-            top_up(threads)
-            last = run_started = time.perf_counter()
-            finished = total - len(tasks)
-            for future in results:
-                task = in_flight.pop(future)
-                try:
-                    block, seconds = future.result()
-                except Exception as error:
-                    failures.append((task, error))
-                    logger.error("task %s failed: %r", task, error)
-                else:
-                    writer.write(task, block)
-                    compute_seconds += seconds
-                    finished += 1
-                    if on_progress is not None:
-                        on_progress(finished, total)
-                future.release()
-                # Worker threads present, integrated over time: the capacity that
-                # the compute seconds are measured against.
-                now = time.perf_counter()
-                thread_seconds += threads * (now - last)
-                last = now
                 threads = _threads(client)
                 top_up(threads)
-            run_seconds = time.perf_counter() - run_started
+                last = run_started = time.perf_counter()
+                finished = total - len(tasks)
+                for future in results:
+                    task = in_flight.pop(future)
+                    try:
+                        block, seconds = future.result()
+                    except Exception as error:
+                        failures.append((task, error))
+                        logger.error("task %s failed: %r", task, error)
+                    else:
+                        writer.write(task, block)
+                        compute_seconds += seconds
+                        finished += 1
+                        if on_progress is not None:
+                            on_progress(finished, total)
+                    future.release()
+                    # Worker threads present, integrated over time: the capacity that
+                    # the compute seconds are measured against.
+                    now = time.perf_counter()
+                    thread_seconds += threads * (now - last)
+                    last = now
+                    threads = _threads(client)
+                    top_up(threads)
+                run_seconds = time.perf_counter() - run_started
 
     summary = RunSummary(
         path,

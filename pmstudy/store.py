@@ -188,6 +188,23 @@ def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
+def _check_protocol(path: str) -> None:
+    """Refuse a URL whose protocol fsspec does not know, or whose package is
+    missing, before anything is opened."""
+    import fsspec
+
+    protocol = path.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as error:
+        raise SpecError(
+            "--store",
+            path,
+            "a local path or a URL whose protocol fsspec can open "
+            f"(s3://, gs://, ...): {error}",
+        ) from None
+
+
 def create_store(study: Study, path: str, *, overwrite: bool = False) -> None:
     """Create an empty store for `study` at `path` (metadata and coordinates only).
 
@@ -335,6 +352,8 @@ def prepare_store(study: Study, path: str) -> None:
     """
     if _is_local(path):
         _check_local_path(path)
+    else:
+        _check_protocol(path)
     group = _open_group(path, mode="r")
     if group is None:
         if _is_local(path):

@@ -305,6 +305,44 @@ def test_slurm_without_sbatch_is_refused_before_anything_is_made(
     assert not store.exists()
 
 
+def test_missing_scheduler_file_is_refused_before_anything_is_made(tmp_path, capsys):
+    # A Dask client would wait for the file to appear; the run must not.
+    spec = write_spec(tmp_path, FAST_SPEC, "fast")
+    store = tmp_path / "never.zarr"
+    missing = str(tmp_path / "nope.json")
+    args = ["run", str(spec), "--store", str(store), "--scheduler-file", missing]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--scheduler-file" in err and "nope.json" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not store.exists()
+
+
+def test_unreachable_scheduler_leaves_no_store(tmp_path, monkeypatch, capsys):
+    # The client connects before the store is made. The refusal is simulated
+    # (a real one takes the 60 s connection timeout).
+    import distributed
+
+    def refuse(*args, **kwargs):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(distributed, "Client", refuse)
+    spec = write_spec(tmp_path, FAST_SPEC, "fast")
+    store = tmp_path / "never.zarr"
+    args = ["run", str(spec), "--store", str(store), "--scheduler", "127.0.0.1:1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--scheduler" in err and "connection refused" in err
+    assert not store.exists()
+
+
+def test_unknown_store_protocol_is_one_line(tmp_path, capsys):
+    spec = write_spec(tmp_path, FAST_SPEC, "fast")
+    assert main(["run", str(spec), "--store", "foo://bucket/x.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--store" in err and "foo" in err
+
+
 # ---------------------------------------------------------------------------
 # SLURM through dask-jobqueue: the job script, rendered without sbatch.
 
