@@ -122,12 +122,21 @@ def machine_gflops(size: int = 1024, repeats: int = 3) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
-def format_bench(result: dict, fmt: str) -> str:
-    """Render `run_bench` output as "table" (aligned text) or "json"."""
+def render(result: dict, fmt: str, table) -> str:
+    """A bench result as "json", or as "table" through ``table(result)``."""
     if fmt == "json":
         return json.dumps(result, indent=2)
     if fmt != "table":
         raise SpecError("format", fmt, "'table' or 'json'")
+    return table(result)
+
+
+def format_bench(result: dict, fmt: str) -> str:
+    """Render `run_bench` output as "table" (aligned text) or "json"."""
+    return render(result, fmt, _table)
+
+
+def _table(result: dict) -> str:
     header = (
         f"{'workload':<10} {'k':>3} {'d':>3} {'m':>7} {'batch':>5} {'iter':>5} "
         f"{'pmstudy s':>10} {'sklearn s':>10} {'ratio':>7} {'ns/pt-it':>9} "

@@ -25,26 +25,25 @@ logger = logging.getLogger("pmstudy")
 __all__ = ["main"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"should be an integer >= 1, but got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"should be an integer >= 1, but got {text!r}")
-    return value
+def _int_at_least(lowest: int):
+    """An argparse type: an integer >= `lowest`, or a one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lowest - 1
+        if value < lowest:
+            raise argparse.ArgumentTypeError(
+                f"should be an integer >= {lowest}, but got {text!r}"
+            )
+        return value
+
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"should be an integer >= 0, but got {text!r}")
-    return value
+_positive_int = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:

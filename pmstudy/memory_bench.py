@@ -87,12 +87,12 @@ def run_memory_bench(quick: bool = False) -> dict:
 
 def format_memory_bench(result: dict, fmt: str) -> str:
     """Render `run_memory_bench` output as "table" or "json"."""
-    from pmstudy.errors import SpecError
+    from pmstudy.bench import render
 
-    if fmt == "json":
-        return json.dumps(result, indent=2)
-    if fmt != "table":
-        raise SpecError("format", fmt, "'table' or 'json'")
+    return render(result, fmt, _table)
+
+
+def _table(result: dict) -> str:
     header = (
         f"{'case':<14} {'k':>3} {'d':>3} {'m':>8} {'starts':>6} "
         f"{'data MB':>8} {'peak MB':>8} {'seconds':>8} {'<= 2 GiB':>8}"

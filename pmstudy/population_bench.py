@@ -13,7 +13,6 @@ reports its error estimate beside its actual error.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -150,10 +149,12 @@ def run_population_bench(
 
 def format_population_bench(result: dict, fmt: str = "table") -> str:
     """Render `run_population_bench` output as "table" or "json"."""
-    if fmt == "json":
-        return json.dumps(result, indent=2)
-    if fmt != "table":
-        raise ValueError(f"fmt should be 'table' or 'json', but got {fmt!r}")
+    from pmstudy.bench import render
+
+    return render(result, fmt, _table)
+
+
+def _table(result: dict) -> str:
     lines = [f"{'r':>2} {'n':>3} {'ms/step':>10} {'evaluations':>12} {'max error':>10}"]
     for row in result["rows"]:
         lines.append(
