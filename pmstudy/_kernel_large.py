@@ -164,7 +164,8 @@ def em_pass(x, c, k, sums, counts, w, top, total):
     x (D, m) padded points-last data; c (k2, D) padded centers (rows >= k and
     coordinates >= d zero); sums (k2, D) and counts (k2,) receive the
     weighted sums and total weights; w (k2, BLOCK), top and total (BLOCK,)
-    are scratch. Rows >= k of w stay zero, so their sums do too.
+    are scratch; a dummy row (odd k) gets zero weights in every block, so
+    its sums are zero too.
     """
     m = x.shape[1]
     k2, n_dim = c.shape
@@ -176,7 +177,6 @@ def em_pass(x, c, k, sums, counts, w, top, total):
         half_sq[j] = -0.5 * acc
     sums[:] = 0.0
     counts[:] = 0.0
-    w[:] = 0.0
     for lo in range(0, m, BLOCK):
         hi = min(lo + BLOCK, m)
         _logits(c, half_sq, x, lo, hi, w)
