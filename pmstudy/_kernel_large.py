@@ -13,7 +13,8 @@ LLVM vectorise over points:
   the logits from four rows of data;
 - the softmax over centers, a few passes over the block in place (each loop
   touches few arrays, so LLVM can vectorise it without run-time alias
-  checks), with `fast_exp_nonpositive`;
+  checks), in base 2 with `fast_exp2` (the centers are scaled by log2(e)
+  for the logits);
 - weighted sums (k, d): for each pair of centers and each group of four
   coordinates, eight dot products over the points, accumulated in registers.
 
@@ -34,7 +35,7 @@ import logging
 import numpy as np
 from numba import njit, prange
 
-from pmstudy.fastexp import fast_exp_nonpositive
+from pmstudy.fastexp import LOG2E, fast_exp2
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,6 @@ D_STEP = 4
 def padded_dimension(d: int) -> int:
     """The number of data rows the kernel wants: d rounded up to `D_STEP`."""
     return -(-d // D_STEP) * D_STEP
-
-
-def points_last_padded(data_c: np.ndarray) -> np.ndarray:
-    """(R, m, d) -> (R, d_pad, m), zero rows appended to reach `D_STEP` steps."""
-    n_sets, m, d = data_c.shape
-    out = np.zeros((n_sets, padded_dimension(d), m))
-    out[:, :d, :] = data_c.transpose(0, 2, 1)
-    return out
 
 
 @njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
@@ -92,8 +85,9 @@ def _logits(c, half_sq, x, lo, hi, out):
 def _softmax(w, k, p, top, total, counts):
     """In place over rows 0..k-1 and columns 0..p-1 of w: logits -> weights.
 
-    Each column is shifted by its largest logit (whose exp is then 1, so the
-    sum is at least 1) and normalised; counts[j] += the sum of row j.
+    The logits are in base 2. Each column is shifted by its largest logit
+    (whose power of 2 is then 1, so the sum is at least 1) and normalised;
+    counts[j] += the sum of row j.
     """
     for t in range(p):
         top[t] = w[0, t]
@@ -106,7 +100,7 @@ def _softmax(w, k, p, top, total, counts):
     for j in range(k):
         row = w[j]
         for t in range(p):
-            e = fast_exp_nonpositive(row[t] - top[t])
+            e = fast_exp2(row[t] - top[t])
             row[t] = e
             total[t] += e
     for t in range(p):
@@ -158,28 +152,30 @@ def _weighted_sums(w, x, lo, hi, sums):
 
 
 @njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
-def em_pass(x, c, k, sums, counts, w, top, total):
+def em_pass(x, c, k, sums, counts, w, top, total, scaled):
     """One EM pass of one run over all points.
 
     x (D, m) padded points-last data; c (k2, D) padded centers (rows >= k and
     coordinates >= d zero); sums (k2, D) and counts (k2,) receive the
     weighted sums and total weights; w (k2, BLOCK), top and total (BLOCK,)
-    are scratch; a dummy row (odd k) gets zero weights in every block, so
-    its sums are zero too.
+    and scaled (k2, D) are scratch; a dummy row (odd k) gets zero weights in
+    every block, so its sums are zero too.
     """
     m = x.shape[1]
     k2, n_dim = c.shape
+    # Base-2 logits: log2(e) (c . x - |c|^2 / 2), through scaled centers.
     half_sq = np.zeros(k2)
-    for j in range(k):
+    for j in range(k2):
         acc = 0.0
         for i in range(n_dim):
             acc += c[j, i] * c[j, i]
-        half_sq[j] = -0.5 * acc
+            scaled[j, i] = c[j, i] * LOG2E
+        half_sq[j] = -0.5 * acc * LOG2E
     sums[:] = 0.0
     counts[:] = 0.0
     for lo in range(0, m, BLOCK):
         hi = min(lo + BLOCK, m)
-        _logits(c, half_sq, x, lo, hi, w)
+        _logits(scaled, half_sq, x, lo, hi, w)
         if k < k2:
             # The dummy row's logits are not weights; zero them for the sums.
             w[k2 - 1, : hi - lo] = 0.0
@@ -191,10 +187,10 @@ def em_pass(x, c, k, sums, counts, w, top, total):
 def em_steps(data, run_data, centers, path, starved):
     """EM steps for every run, recording each.
 
-    data (R, D, m) from `points_last_padded`; centers (B, k, d); path
-    (B, n + 1, k, d) receives the start and the centers after each of the n
-    steps; starved (B, n) whether some center had zero total weight at that
-    step (it is kept in place).
+    data (R, D, m) points last, zero rows from d up to D = `padded_dimension`;
+    centers (B, k, d); path (B, n + 1, k, d) receives the start and the
+    centers after each of the n steps; starved (B, n) whether some center had
+    zero total weight at that step (it is kept in place).
     """
     n_runs, k, d = centers.shape
     n_dim = data.shape[1]
@@ -210,8 +206,9 @@ def em_steps(data, run_data, centers, path, starved):
         w = np.empty((k2, BLOCK))
         top = np.empty(BLOCK)
         total = np.empty(BLOCK)
+        scaled = np.empty((k2, n_dim))
         for step in range(n_steps):
-            em_pass(x, c, k, sums, counts, w, top, total)
+            em_pass(x, c, k, sums, counts, w, top, total, scaled)
             hungry = False
             for j in range(k):
                 if counts[j] > 0.0:

@@ -9,6 +9,9 @@ other runs in the batch:
 - large k * d: the register-blocked kernel of `_kernel_large`, on
   points-last data padded to a multiple of four coordinates (R, D, m).
 
+`centered_points_last` makes that layout and the mean shift (see
+`pmstudy.em`) in one parallel pass over the data.
+
 Both use NumPy's error model (no zero checks that block vectorisation) and
 fast-math flags that allow reassociation of sums and FMA contraction; the
 exp itself is compiled without reassociation (see `pmstudy.fastexp`). Memory
@@ -50,6 +53,7 @@ SMALL_MAX_K = 8
 SMALL_MAX_SUMS = 40
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_LAYOUT_TILE = 256
 _controller: ThreadpoolController | None = None
 
 
@@ -106,14 +110,46 @@ def kernel_threads():
 
 
 @njit(cache=True, parallel=True, nogil=True)
+def centered_points_last(data, n_dim):
+    """Each data set minus its mean, points last, zero rows up to n_dim.
+
+    data (R, m, d) -> (out (R, n_dim, m), shift (R, d)), n_dim >= d. Any
+    shift would do (EM is translation-equivariant); one near the mean keeps
+    the logits small. The mean is a plain running sum per data set, so it
+    does not depend on the number of threads.
+    """
+    n_sets, m, d = data.shape
+    out = np.empty((n_sets, n_dim, m))
+    shift = np.empty((n_sets, d))
+    for r in prange(n_sets):
+        x = data[r]
+        acc = np.zeros(d)
+        for t in range(m):
+            for i in range(d):
+                acc[i] += x[t, i]
+        mean = acc / m
+        shift[r] = mean
+        # Tiles of points, so that the strided reads stay in cache.
+        for lo in range(0, m, _LAYOUT_TILE):
+            hi = min(lo + _LAYOUT_TILE, m)
+            for i in range(d):
+                row = out[r, i]
+                for t in range(lo, hi):
+                    row[t] = x[t, i] - mean[i]
+        out[r, d:] = 0.0
+    return out, shift
+
+
+@njit(cache=True, parallel=True, nogil=True)
 def loglik_runs(data, run_data, centers):
-    """(B,) average log-likelihood; data (R, m, d), centers (B, k, d).
+    """(B,) average log-likelihood; data (R, D, m) points last, D >= d (rows
+    beyond d are ignored), centers (B, k, d).
 
     Direct squared distances (no cancellation far from the origin) and the
     C library's exp and log: one pass, where accuracy matters more than speed.
     """
     n_runs, k, d = centers.shape
-    m = data.shape[1]
+    m = data.shape[2]
     out = np.empty(n_runs)
     const = -0.5 * d * _LOG_2PI - math.log(k)
     for b in prange(n_runs):
@@ -126,7 +162,7 @@ def loglik_runs(data, run_data, centers):
             for j in range(k):
                 acc = 0.0
                 for i in range(d):
-                    diff = x[t, i] - mu[j, i]
+                    diff = x[i, t] - mu[j, i]
                     acc += diff * diff
                 logp[j] = -0.5 * acc
                 top = max(top, logp[j])
@@ -266,26 +302,29 @@ class NumbaStepper:
 
     Parameters
     ----------
-    data_c : np.ndarray
-        (R, m, d) mean-shifted data.
+    data : np.ndarray
+        (R, m, d) data; the stepper works on it minus ``shift`` (R, d), its
+        mean, in the kernel's points-last layout.
     n_starts : int
         S; run b uses data set b // S.
     k : int
         Number of centers.
     """
 
-    def __init__(self, data_c: np.ndarray, n_starts: int, k: int) -> None:
-        n_sets, _, d = data_c.shape
+    def __init__(self, data: np.ndarray, n_starts: int, k: int) -> None:
+        n_sets, _, d = data.shape
         self.chunk = CHUNK
         self.values_per_run = k * d
-        self.data = data_c
         self.run_data = np.repeat(np.arange(n_sets, dtype=np.int64), n_starts)
         if use_small_kernel(k, d):
             self.kernel = small_kernel(k, d).em_steps
-            self.layout_data = np.ascontiguousarray(data_c.transpose(0, 2, 1))
+            n_dim = d
         else:
             self.kernel = _kernel_large.em_steps
-            self.layout_data = _kernel_large.points_last_padded(data_c)
+            n_dim = _kernel_large.padded_dimension(d)
+        self.layout_data, self.shift = centered_points_last(
+            np.ascontiguousarray(data, dtype=np.float64), n_dim
+        )
 
     def chunk_for(self, taken: int, max_iter: int, n_active: int) -> int:
         """Steps for the next call of ``n_active`` runs after ``taken`` steps."""
@@ -319,4 +358,6 @@ class NumbaStepper:
 
     def log_likelihood(self, centers: np.ndarray) -> np.ndarray:
         """(B,) average log-likelihood at centers (B, k, d)."""
-        return loglik_runs(self.data, self.run_data, np.ascontiguousarray(centers))
+        return loglik_runs(
+            self.layout_data, self.run_data, np.ascontiguousarray(centers)
+        )

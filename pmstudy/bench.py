@@ -181,24 +181,23 @@ def _fit_pmstudy(data: np.ndarray, init: np.ndarray, iterations: int) -> np.ndar
     """Fixed-iteration fit with the numba kernel: (R, m, d), (R, k, d) -> (R, k, d)."""
     from pmstudy._kernels import NumbaStepper, single_threaded_blas
 
-    shift = data.mean(axis=1)
-    data_c = data - shift[:, None, :]
-    stepper = NumbaStepper(data_c, 1, init.shape[1])
+    stepper = NumbaStepper(data, 1, init.shape[1])
+    shift = stepper.shift[:, None, :]
     runs = np.arange(data.shape[0])
     with single_threaded_blas():
-        path, _ = stepper.steps(runs, init - shift[:, None, :], iterations)
-    return path[:, -1] + shift[:, None, :]
+        path, _ = stepper.steps(runs, init - shift, iterations)
+    return path[:, -1] + shift
 
 
 def _fit_reference(data: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
     """The same fit on the NumPy reference path."""
     from pmstudy.em import _NumpyStepper
 
-    shift = data.mean(axis=1)
-    stepper = _NumpyStepper(data - shift[:, None, :], 1)
+    stepper = _NumpyStepper(data, 1)
+    shift = stepper.shift[:, None, :]
     runs = np.arange(data.shape[0])
-    path, _ = stepper.steps(runs, init - shift[:, None, :], iterations)
-    return path[:, -1] + shift[:, None, :]
+    path, _ = stepper.steps(runs, init - shift, iterations)
+    return path[:, -1] + shift
 
 
 def _fit_sklearn(data: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:

@@ -190,10 +190,9 @@ def fit_em(
     data, centers_init = _check_inputs(data, centers_init, max_iter, tol, backend)
     n_sets, n_starts, k, d = centers_init.shape
 
-    shift = data.mean(axis=1)  # (R, d)
-    data_c = np.ascontiguousarray(data - shift[:, None, :])
+    stepper = _make_stepper(data, n_starts, k, backend)
+    shift = stepper.shift  # (R, d)
     centers = (centers_init - shift[:, None, None, :]).reshape(-1, k, d).copy()
-    stepper = _make_stepper(data_c, n_starts, k, backend)
 
     with _kernel_context(stepper):
         end, n_iter, starved = _iterate(stepper, centers, max_iter, tol)
@@ -493,7 +492,7 @@ class _ConvergenceMonitor:
 
 
 def _make_stepper(
-    data_c: np.ndarray, n_starts: int, k: int, backend: str
+    data: np.ndarray, n_starts: int, k: int, backend: str
 ) -> _NumpyStepper:
     """The stepper for ``backend``; "auto" prefers numba and falls back."""
     if backend in ("auto", "numba"):
@@ -504,8 +503,8 @@ def _make_stepper(
                 raise
             logger.warning("numba is not importable: EM runs on the NumPy path")
         else:
-            return NumbaStepper(data_c, n_starts, k)
-    return _NumpyStepper(data_c, n_starts)
+            return NumbaStepper(data, n_starts, k)
+    return _NumpyStepper(data, n_starts)
 
 
 def _kernel_context(stepper: object):
@@ -524,8 +523,9 @@ class _NumpyStepper:
 
     Parameters
     ----------
-    data_c : np.ndarray
-        (R, m, d) mean-shifted data.
+    data : np.ndarray
+        (R, m, d) data; the stepper works on it minus ``shift`` (R, d), its
+        mean.
     n_starts : int
         S; run b uses data set b // S.
     """
@@ -536,9 +536,10 @@ class _NumpyStepper:
         """Steps for the next call: one (no call cost to amortise)."""
         return 1
 
-    def __init__(self, data_c: np.ndarray, n_starts: int) -> None:
-        self.data = data_c
-        self.run_data = np.repeat(np.arange(data_c.shape[0]), n_starts)
+    def __init__(self, data: np.ndarray, n_starts: int) -> None:
+        self.shift = data.mean(axis=1)
+        self.data = np.ascontiguousarray(data - self.shift[:, None, :])
+        self.run_data = np.repeat(np.arange(data.shape[0]), n_starts)
 
     def steps(
         self, active: np.ndarray, centers: np.ndarray, n_steps: int

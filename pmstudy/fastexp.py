@@ -1,32 +1,38 @@
-"""A float64 exp that vectorises inside numba loops.
+"""A float64 base-2 exp for softmax arguments that vectorises inside numba loops.
 
 numba from PyPI calls the C library's scalar ``exp`` from a loop, which stops
-the loop from vectorising. `fast_exp` is built from operations that LLVM
-vectorises (multiply-adds, compares, selects, integer adds and shifts on the
-bit patterns):
+the loop from vectorising. The EM kernels therefore work in base 2: logits are
+scaled by log2(e) once per pass (through the centers), so the softmax needs
+2^t for t = logit - largest logit <= 0. `fast_exp2` computes it from
+operations that LLVM vectorises (adds, multiply-adds, a max, and integer
+arithmetic on the bit pattern):
 
-1. Range reduction: n = round(x / ln 2), found by adding 1.5 * 2^52 (the sum's
-   low mantissa bits hold n); r = x - n ln2_hi - n ln2_lo with the classical
-   two-part ln 2 whose high part has 21 trailing zero bits, so that n ln2_hi
-   is exact and |r| <= ln(2)/2 to within an ulp.
-2. exp(r) by its Taylor polynomial of degree 12 in Horner form: the
-   truncation error is below (ln(2)/2)^13 / 13! < 1.8e-16, relative.
-3. Scaling by 2^n, assembled as a bit pattern. Near the ends of the exponent
-   range (|n| > 1020) the scale is built as 2^(n -+ 54) times 2^(+-54), so
-   that the one rounding into the subnormal range, or the overflow, happens
-   in the last multiply.
+1. Range reduction: n = round(t), found by adding 1.5 * 2^52 (the sum's low
+   mantissa bits then hold n); r = t - n is exact, |r| <= 1/2. In base e this
+   step needs two multiply-adds with a split ln 2; in base 2 it is exact.
+2. 2^r by a polynomial of degree 11: the Chebyshev fit of 2^r on [-1/2, 1/2]
+   computed in 50-digit arithmetic (``mpmath.chebyfit``) and rounded to
+   float64. Its relative error, coefficients rounded, is below 2e-17, so the
+   result's error is Horner's rounding: a few ulp at most.
+3. Scaling by 2^n, assembled as the bit pattern (n + 1023) << 52. The bias is
+   folded into the integer constant. t is first clamped at -1023, where the
+   pattern is 0 and so the result is exactly 0.
 
-Accuracy: within 4 ulp of the correctly rounded exp for results in the
-normal range; within half of the smallest subnormal step plus that relative
-error in the subnormal range; exactly 0 below -745.2 (where exp(x) rounds to
-0), inf above 709.79, and NaN for NaN. ``tests/test_kernels.py`` checks it
-against ``np.exp`` over the whole range.
+Accuracy (checked against ``np.exp2`` over the whole domain in
+``tests/test_kernels.py``): while 2^t is normal, at most 1 ulp from
+``np.exp2`` and within 1.2 half-ulps of the exact value on a sample checked
+in 40-digit arithmetic. For -1022.5 <= t < -1022 the result is subnormal,
+rounded once from the exact product; below that it is 0, where 2^t < 1.6e-308.
+That flush costs a softmax weight at most 1.6e-308, next to a largest term
+of 1.
 
-`fast_exp_nonpositive` is the same function for x <= 0 without the overflow
-and NaN handling: the softmax in the EM kernels only ever needs that.
+Domain: t <= 0 and not NaN, which a logit minus the largest logit always is.
+Larger t give a wrong scale; NaN is not propagated.
 
-The functions are compiled with contraction (FMA) but without reassociation: the
-rounding trick in step 1 must not be folded away.
+The function is compiled with contraction (FMA) but without reassociation: the
+rounding trick in step 1 must not be folded away. It must be called, not
+inlined at numba level into a function compiled with reassociation (LLVM
+inlines it later and keeps each instruction's own flags).
 """
 
 from __future__ import annotations
@@ -36,23 +42,26 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["fast_exp", "fast_exp_array", "fast_exp_nonpositive"]
+__all__ = ["LOG2E", "fast_exp2", "fast_exp2_array"]
+
+LOG2E = 1.4426950408889634  # log2(e): logits times this are base-2 exponents
 
 _SHIFTER = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer
-_LOG2E = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01  # 21 trailing zero bits
-_LN2_LO = 1.90821492927058770002e-10
-_X_MAX = 709.79  # exp overflows above about 709.7827
-_X_MIN = -745.2  # exp rounds to 0 below about -745.1332
-_SPLIT = 54
-_TWO_M_SPLIT = 2.0**-_SPLIT
-_TWO_P_SPLIT = 2.0**_SPLIT
+_T_MIN = -1023.0  # 2^n's pattern is 0 at n = -1023: the result is exactly 0
 
-# Taylor coefficients 1/j!, j = 0..12.
-_C = [1.0]
-for _j in range(1, 13):
-    _C.append(_C[-1] / _j)
-(_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12) = _C
+# 2^r ~ sum_j _C[j] r^j on |r| <= 1/2; see the module docstring.
+_C0 = 1.0
+_C1 = 0.6931471805599453
+_C2 = 0.24022650695910158
+_C3 = 0.055504108664821625
+_C4 = 0.009618129107587256
+_C5 = 0.001333355814640647
+_C6 = 0.00015403530463724353
+_C7 = 1.5252733841556773e-05
+_C8 = 1.3215432535912375e-06
+_C9 = 1.0178057087733941e-07
+_C10 = 7.074194297288521e-09
+_C11 = 4.4558179083360645e-10
 
 EXP_FLAGS = {"contract"}
 
@@ -81,21 +90,18 @@ def _float_of(typingctx, value):
     return types.float64(types.int64), codegen
 
 
-_SHIFTER_BITS = int(np.float64(_SHIFTER).view(np.int64))
+# bits(t + _SHIFTER) - _BIAS is n + 1023, the biased exponent of 2^n.
+_BIAS = int(np.float64(_SHIFTER).view(np.int64)) - 1023
 
 
 @njit(cache=True, fastmath=EXP_FLAGS, error_model="numpy")
-def fast_exp(x: float) -> float:
-    """exp(x) for a float64 scalar; see the module docstring for accuracy."""
-    y = min(max(x, -746.0), 710.0)  # keeps the integer arithmetic in range
-    shifted = y * _LOG2E + _SHIFTER
-    nf = shifted - _SHIFTER
-    n = _bits_of(shifted) - _SHIFTER_BITS
-    r = y - nf * _LN2_HI
-    r = r - nf * _LN2_LO
+def fast_exp2(t: float) -> float:
+    """2^t for a float64 t <= 0; see the module docstring for accuracy."""
+    y = max(t, _T_MIN)
+    shifted = y + _SHIFTER
+    r = y - (shifted - _SHIFTER)
 
-    p = _C12
-    p = p * r + _C11
+    p = _C11
     p = p * r + _C10
     p = p * r + _C9
     p = p * r + _C8
@@ -108,58 +114,13 @@ def fast_exp(x: float) -> float:
     p = p * r + _C1
     p = p * r + _C0
 
-    # 2^n in two factors near the ends of the exponent range, so that neither
-    # factor leaves it; the last multiply does the one rounding or overflow.
-    small = n < -1020
-    large = n > 1020
-    offset = _SPLIT if small else (-_SPLIT if large else 0)
-    scale = _float_of((n + 1023 + offset) << 52)
-    result = p * scale
-    result = result * (_TWO_M_SPLIT if small else (_TWO_P_SPLIT if large else 1.0))
-    result = 0.0 if x < _X_MIN else result
-    result = np.inf if x > _X_MAX else result
-    return x if x != x else result
+    return p * _float_of((_bits_of(shifted) - _BIAS) << 52)
 
 
 @njit(cache=True, fastmath=EXP_FLAGS, error_model="numpy")
-def fast_exp_array(x: np.ndarray) -> np.ndarray:
-    """Elementwise `fast_exp` of a 1-d float64 array, shape (n,) -> (n,)."""
-    out = np.empty_like(x)
-    for i in range(x.shape[0]):
-        out[i] = fast_exp(x[i])
+def fast_exp2_array(t: np.ndarray) -> np.ndarray:
+    """Elementwise `fast_exp2` of a 1-d float64 array, shape (n,) -> (n,)."""
+    out = np.empty_like(t)
+    for i in range(t.shape[0]):
+        out[i] = fast_exp2(t[i])
     return out
-
-
-@njit(cache=True, fastmath=EXP_FLAGS, error_model="numpy")
-def fast_exp_nonpositive(x: float) -> float:
-    """`fast_exp` for x <= 0 and not NaN (softmax arguments), a few ops less.
-
-    Same result as `fast_exp` on that domain: it drops only the overflow and
-    NaN handling, which cannot trigger there.
-    """
-    y = max(x, -746.0)
-    shifted = y * _LOG2E + _SHIFTER
-    nf = shifted - _SHIFTER
-    n = _bits_of(shifted) - _SHIFTER_BITS
-    r = y - nf * _LN2_HI
-    r = r - nf * _LN2_LO
-
-    p = _C12
-    p = p * r + _C11
-    p = p * r + _C10
-    p = p * r + _C9
-    p = p * r + _C8
-    p = p * r + _C7
-    p = p * r + _C6
-    p = p * r + _C5
-    p = p * r + _C4
-    p = p * r + _C3
-    p = p * r + _C2
-    p = p * r + _C1
-    p = p * r + _C0
-
-    small = n < -1020
-    scale = _float_of((n + 1023 + (_SPLIT if small else 0)) << 52)
-    result = p * scale
-    result = result * (_TWO_M_SPLIT if small else 1.0)
-    return 0.0 if x < _X_MIN else result

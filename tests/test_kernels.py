@@ -2,99 +2,89 @@
 
 from __future__ import annotations
 
+import mpmath
 import numpy as np
 import pytest
-from numba import njit
 
-from pmstudy._kernel_large import BLOCK, em_steps, points_last_padded
+from pmstudy._kernel_large import BLOCK, em_steps, padded_dimension
 from pmstudy._kernel_small import small_kernel
-from pmstudy._kernels import loglik_runs, use_small_kernel
-from pmstudy.fastexp import fast_exp, fast_exp_array, fast_exp_nonpositive
+from pmstudy._kernels import centered_points_last, loglik_runs, use_small_kernel
+from pmstudy.fastexp import fast_exp2, fast_exp2_array
 
 TINY = np.finfo(np.float64).tiny  # smallest normal
-SUBNORMAL_STEP = np.nextafter(0.0, 1.0)  # 4.9e-324
 
 
-def exp_inputs() -> np.ndarray:
-    """Every region of exp: a dense sweep, near 0, both ends, specials."""
+def exp2_inputs() -> np.ndarray:
+    """The whole domain t <= 0: a dense sweep, near 0, the low end, specials."""
     rng = np.random.default_rng(0)
-    sweep = np.linspace(-760.0, 720.0, 1_000_003)
-    near_zero = rng.uniform(-1e-3, 1e-3, 10_000)
-    ends = np.concatenate(
-        [
-            np.linspace(709.0, 709.9, 10_001),  # up to and past overflow
-            np.linspace(-708.6, -707.9, 10_001),  # normal -> subnormal
-            np.linspace(-745.5, -744.0, 10_001),  # last subnormals -> 0
-        ]
+    sweep = np.linspace(-1100.0, 0.0, 1_000_003)
+    near_zero = -rng.uniform(0.0, 1e-3, 10_000)
+    unit = -rng.uniform(0.0, 1.0, 100_000)
+    low_end = np.linspace(-1023.6, -1021.0, 100_001)  # normal -> subnormal -> 0
+    # Where the range reduction switches n: the half-integers and their
+    # neighbours.
+    halves = np.arange(-1100, 1) + 0.5
+    halves = np.concatenate(
+        [halves, np.nextafter(halves, -np.inf), np.nextafter(halves, np.inf)]
     )
-    # Points where the range reduction switches n: odd multiples of ln(2)/2.
-    halves = (np.arange(-2150, 2050, 2) + 1) * np.log(2.0) / 2
-    halves = np.concatenate([np.nextafter(halves, -np.inf), halves])
-    halves = np.concatenate([halves, np.nextafter(halves, np.inf)])
-    halves = halves[(halves > -746) & (halves < 710)]
-    special = np.array(
-        [0.0, -0.0, 1.0, -1.0, np.log(2.0), 709.782712893384, 709.7827128933841]
-    )
-    return np.concatenate([sweep, near_zero, ends, halves, special])
+    special = np.array([0.0, -0.0, -1.0, -0.5, -1022.0, -1022.5, -1023.0, -1074.0])
+    t = np.concatenate([sweep, near_zero, unit, low_end, halves, special])
+    return t[t <= 0.0]
 
 
-def test_fast_exp_normal_range_within_4_ulp() -> None:
-    x = exp_inputs()
-    with np.errstate(over="ignore"):
-        expected = np.exp(x)
-    got = fast_exp_array(x)
-    normal = np.isfinite(expected) & (expected >= TINY)
+def test_fast_exp2_normal_range_within_1_ulp() -> None:
+    t = exp2_inputs()
+    expected = np.exp2(t)
+    got = fast_exp2_array(t)
+    normal = expected >= TINY
     ulps = np.abs(got[normal] - expected[normal]) / np.spacing(expected[normal])
-    # Degree-12 Taylor (truncation < 1.8e-16) plus Horner rounding: a few ulp
-    # at most; np.exp is itself within 1 ulp of exact.
-    assert ulps.max() <= 4
-    assert ulps.mean() < 0.5
+    # A degree-11 fit with relative error 2e-17 plus Horner's rounding, against
+    # np.exp2, itself within an ulp of exact: 1 ulp was measured, 2 allowed.
+    assert ulps.max() <= 2
+    assert ulps.mean() < 0.25
 
 
-def test_fast_exp_subnormal_and_underflow() -> None:
-    x = exp_inputs()
-    expected = np.exp(np.minimum(x, 0.0))
-    got = fast_exp_array(np.minimum(x, 0.0))
+def test_fast_exp2_against_extended_precision() -> None:
+    mpmath.mp.dps = 40
+    t = -np.random.default_rng(1).uniform(0.0, 1000.0, 3000)
+    got = fast_exp2_array(t)
+    worst = max(
+        abs(mpmath.mpf(float(g)) / mpmath.power(2, mpmath.mpf(float(s))) - 1)
+        for s, g in zip(t, got, strict=True)
+    )
+    # 1.2 half-ulps was measured; 2 half-ulps (2.2e-16) allowed.
+    assert float(worst) <= 2.0**-52
+
+
+def test_fast_exp2_low_end_is_subnormal_then_zero() -> None:
+    t = exp2_inputs()
+    got = fast_exp2_array(t)
+    expected = np.exp2(t)
     sub = expected < TINY
-    assert sub.sum() > 1000
-    # Subnormals are on a fixed grid of 4.9e-324: one step is the best any
-    # float64 exp can promise there.
-    assert np.abs(got[sub] - expected[sub]).max() <= SUBNORMAL_STEP
-    assert np.all(got[x < -745.2] == 0.0)
+    assert sub.sum() > 10_000
+    # The flush below t = -1022.5 loses at most 2^-1022.5 (1.6e-308); above it
+    # the subnormal is one rounding of the exact product.
+    assert np.abs(got[sub] - expected[sub]).max() <= 2.0**-1022.5
+    kept = sub & (t >= -1022.5)
+    step = np.nextafter(0.0, 1.0)
+    assert np.abs(got[kept] - expected[kept]).max() <= step
+    assert np.all(got[t < -1022.5] == 0.0)
     assert np.all(got >= 0.0)
 
 
-def test_fast_exp_overflow_and_specials() -> None:
-    assert fast_exp(709.78) == np.exp(709.78)
-    assert fast_exp(709.79) == np.inf
-    assert fast_exp(1e300) == np.inf
-    assert fast_exp(np.inf) == np.inf
-    assert fast_exp(-np.inf) == 0.0
-    assert fast_exp(-1e300) == 0.0
-    assert np.isnan(fast_exp(np.nan))
-    assert fast_exp(0.0) == 1.0
-    assert fast_exp(-0.0) == 1.0
+def test_fast_exp2_specials() -> None:
+    assert fast_exp2(0.0) == 1.0
+    assert fast_exp2(-0.0) == 1.0
+    assert fast_exp2(-1.0) == 0.5
+    assert fast_exp2(-1022.0) == TINY
+    assert fast_exp2(-np.inf) == 0.0
+    assert fast_exp2(-1e300) == 0.0
 
 
-@njit
-def _nonpositive_array(x: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = fast_exp_nonpositive(x[i])
-    return out
-
-
-def test_kernel_exp_equals_fast_exp_where_used() -> None:
-    # The kernels' variant drops only overflow and NaN handling.
-    x = exp_inputs()
-    x = np.concatenate([x[x <= 0], [-np.inf, -1e300]])
-    np.testing.assert_array_equal(_nonpositive_array(x), fast_exp_array(x))
-
-
-def test_fast_exp_is_monotone_on_a_fine_grid() -> None:
+def test_fast_exp2_is_monotone_on_a_fine_grid() -> None:
     # Softmax weights must not reorder: check monotonicity where it matters.
-    x = np.linspace(-40.0, 0.0, 400_001)
-    assert np.all(np.diff(fast_exp_array(x)) >= 0)
+    t = np.linspace(-60.0, 0.0, 600_001)
+    assert np.all(np.diff(fast_exp2_array(t)) >= 0)
 
 
 def numpy_pass(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +131,9 @@ def test_blocked_steps_match_numpy(k: int, d: int, m: int) -> None:
     run_data = np.array([0, 1, 1])
     path = np.empty((3, 4, k, d))
     starved = np.zeros((3, 3), dtype=bool)
-    em_steps(points_last_padded(data), run_data, centers, path, starved)
+    padded = np.zeros((2, padded_dimension(d), m))
+    padded[:, :d] = data.transpose(0, 2, 1)
+    em_steps(padded, run_data, centers, path, starved)
     for b in range(3):
         mu = centers[b]
         np.testing.assert_array_equal(path[b, 0], mu)
@@ -159,12 +151,27 @@ def test_loglik_kernel_matches_direct_formula() -> None:
     data = rng.normal(size=(2, 300, 3))
     centers = rng.normal(size=(4, 5, 3))
     run_data = np.array([1, 0, 0, 1])
-    got = loglik_runs(data, run_data, centers)
+    padded = np.zeros((2, 4, 300))  # a zero row beyond d, as the kernels pad
+    padded[:, :3] = data.transpose(0, 2, 1)
+    got = loglik_runs(padded, run_data, centers)
     for b in range(4):
         x = data[run_data[b]]
         dens = np.exp(-0.5 * ((x[:, None] - centers[b][None]) ** 2).sum(axis=2))
         dens = dens.mean(axis=1) / (2 * np.pi) ** 1.5
         assert got[b] == pytest.approx(np.log(dens).mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("n_dim", [3, 4, 8])
+def test_centered_points_last_is_the_shifted_transpose(n_dim: int) -> None:
+    rng = np.random.default_rng(6)
+    data = rng.normal(loc=50.0, size=(3, 1000, 3))  # 1000: several layout tiles
+    out, shift = centered_points_last(data, n_dim)
+    # The mean as a running sum against NumPy's pairwise sum: both within a
+    # few ulp of 50 times m, so 1e-12 on the mean.
+    np.testing.assert_allclose(shift, data.mean(axis=1), rtol=0, atol=1e-12)
+    expected = data.transpose(0, 2, 1) - shift[:, :, None]
+    np.testing.assert_array_equal(out[:, :3], expected)
+    assert np.all(out[:, 3:] == 0.0)
 
 
 def test_dispatch_thresholds() -> None:
