@@ -110,6 +110,39 @@ def test_fused_pass_matches_numpy(k: int, d: int) -> None:
 
 
 @pytest.mark.parametrize(
+    "rows",
+    [
+        [0, 0],  # k = 2, both centers equal
+        [0, 1],
+        [0, 0, 1],  # k = 3: every way two of three can tie
+        [0, 1, 0],
+        [1, 0, 0],
+        [0, 0, 0],
+        [0, 1, 2],
+    ],
+)
+def test_fused_pass_with_tied_logits_matches_numpy(rows: list[int]) -> None:
+    # For k = 2 and 3 the kernel computes the exps of the non-largest logits
+    # only and puts them back in place by selects: equal centers give exactly
+    # tied logits at every point, the case where the selects could go wrong.
+    # Points are scattered so that every ordering of the distinct logits occurs.
+    k, d = len(rows), 2
+    rng = np.random.default_rng(7 + sum(r * 3**i for i, r in enumerate(rows)))
+    distinct = rng.normal(scale=1.5, size=(3, d))
+    c = distinct[rows]
+    x = rng.normal(scale=3.0, size=(2000, d))
+    out = np.empty((k, d + 1))
+    small_kernel(k, d).em_pass(np.ascontiguousarray(x.T), c, out)
+    sums, counts = numpy_pass(x, c)
+    np.testing.assert_allclose(out[:, :d], sums, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(out[:, d], counts, rtol=1e-11)
+    for j, r in enumerate(rows):
+        twin = rows.index(r)
+        # Equal centers must get equal weights, bit for bit.
+        np.testing.assert_array_equal(out[j], out[twin])
+
+
+@pytest.mark.parametrize(
     ("k", "d", "m"),
     [
         (9, 6, 1),
