@@ -255,7 +255,8 @@ def walk_rule(
                 for r in range(k):
                     for c in range(r + 1, k):
                         dist = math.sqrt(_sum_squares(new[r], new[c]))
-                        if dist < closest or best < 0:
+                        # Equal centers (a pair merged already) stay equal.
+                        if dist > 0 and dist < closest:
                             closest = dist
                             best = index
                         index += 1
@@ -356,8 +357,9 @@ class NumbaStepper:
         )
         return path, starved
 
-    def log_likelihood(self, centers: np.ndarray) -> np.ndarray:
-        """(B,) average log-likelihood at centers (B, k, d)."""
-        return loglik_runs(
-            self.layout_data, self.run_data, np.ascontiguousarray(centers)
-        )
+    def log_likelihood(
+        self, centers: np.ndarray, runs: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(b,) average log-likelihood at centers (b, k, d) of ``runs`` (all)."""
+        run_data = self.run_data if runs is None else self.run_data[runs]
+        return loglik_runs(self.layout_data, run_data, np.ascontiguousarray(centers))

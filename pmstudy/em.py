@@ -61,11 +61,24 @@ extrapolation of where D is heading, D* = D - C r / (1 - r) with C the closing
 over the last block, itself moved down by at least a quarter of the closing in
 that block. That last test separates a merge from a slow linear approach to a
 positive distance, where D* stays put, and from a linear merge (D* = 0
-throughout) that the ordinary rule finishes in reasonable time. The run then
-stops with `END_MERGING`, its centers where they are. The test does not
-involve ``tol`` and fires long before D reaches ``tol`` (at D of order 0.1), so
-tightening ``tol`` does not change the end kind. If both tests fire at the
-same step, `END_MERGING` wins, for the same reason.
+throughout) that the ordinary rule finishes in reasonable time. The test does
+not involve ``tol`` and fires long before D reaches ``tol`` (at D of order 0.1).
+If both tests fire at the same step, the merge wins.
+
+The run is then carried to the point it is merging into: the pair is replaced
+by its midpoint (EM keeps two equal centers equal, so the pair stays merged)
+and EM goes on from there under the same rules, with pairs that are already
+equal left out of the merge test, until it converges; a later merge of another
+pair is carried the same way. EM never lowers the likelihood, so a run cannot
+be heading to a point whose log-likelihood is below the one it already had. If
+the merged fixed point is below it (by more than rounding), the merge call was
+wrong (a slow approach to a nearby distinct fixed point can look like a merge
+for a while): it is withdrawn and EM goes on from where the run was, with the
+merge test off. A carried run ends with `END_MERGING` at a fixed point, which
+the outcome judges like any other; each phase gets the full budget
+``max_iter``, and ``n_iter`` counts the steps of every phase kept. The merged
+point is reached under ``tol`` like any fixed point, so tightening ``tol`` does
+not change the end kind.
 
 Backends
 --------
@@ -115,6 +128,9 @@ _MERGE_BLOCK = 25
 _MERGE_RHO_SLOW = 0.99
 _MERGE_STEP_FRACTION = 0.01
 _MERGE_DRIFT_FRACTION = 0.25
+# A merged point may be below the run's log-likelihood by rounding only (the
+# average over m points loses a few ulp of its size).
+_LOGLIK_SLACK = 1e-12
 
 # Points per chunk in the NumPy path: bounds its temporaries, fixed so that the
 # order of every sum depends only on the run's own shape.
@@ -197,6 +213,7 @@ def fit_em(
     with _kernel_context(stepper):
         end, n_iter, starved = _iterate(stepper, centers, max_iter, tol)
         loglik = stepper.log_likelihood(centers)
+        _carry_merges(stepper, centers, loglik, end, n_iter, starved, max_iter, tol)
     centers = centers.reshape(n_sets, n_starts, k, d) + shift[:, None, None, :]
     return EMResult(
         centers=centers,
@@ -282,22 +299,34 @@ def _check_inputs(
 
 
 def _iterate(
-    stepper: _NumpyStepper, centers: np.ndarray, max_iter: int, tol: float
+    stepper: _NumpyStepper,
+    centers: np.ndarray,
+    max_iter: int,
+    tol: float,
+    runs: np.ndarray | None = None,
+    merges: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run EM on every run until it stops; ``centers`` (B, k, d) is updated.
+    """Run EM on ``runs`` (default all) until each stops; ``centers`` (B, k, d)
+    is updated in place for those runs.
 
     The stepper takes ``stepper.chunk_for(...)`` steps per call and returns
     the whole path; the rule (compiled when numba imports) then walks that
     path step by step, and a run that
     stops inside a chunk keeps the centers of its stopping step (the extra
-    steps it computed are dropped, so chunking changes no result).
+    steps it computed are dropped, so chunking changes no result). With
+    ``merges`` False the slow-merge test never fires.
+
+    Returns
+    -------
+    end, n_iter, starved : np.ndarray
+        (B,) each; only the entries of ``runs`` are meaningful.
     """
     n_runs, k, _ = centers.shape
     end = np.full(n_runs, END_BUDGET, dtype=np.int8)
     n_iter = np.full(n_runs, max_iter, dtype=np.int64)
     starved = np.zeros(n_runs, dtype=bool)
-    monitor = _ConvergenceMonitor(n_runs, k, tol)
-    active = np.arange(n_runs)
+    monitor = _ConvergenceMonitor(n_runs, k, tol, merges)
+    active = np.arange(n_runs) if runs is None else np.asarray(runs, dtype=np.int64)
     taken = 0
 
     walk = _compiled_rule()
@@ -344,6 +373,86 @@ def _iterate(
         np.count_nonzero(end == END_BUDGET),
     )
     return end, n_iter, starved
+
+
+def _carry_merges(
+    stepper: _NumpyStepper,
+    centers: np.ndarray,
+    loglik: np.ndarray,
+    end: np.ndarray,
+    n_iter: np.ndarray,
+    starved: np.ndarray,
+    max_iter: int,
+    tol: float,
+) -> None:
+    """Carry runs that stopped merging to the fixed point they merge into.
+
+    See "Slow merging" in the module docstring. Arrays are (B, ...) and are
+    updated in place for the runs that ended with `END_MERGING`; each run is
+    handled on its own, so its result does not depend on the batch.
+    """
+    k = centers.shape[1]
+    pending = np.flatnonzero(end == END_MERGING)
+    # Each round merges one more pair, so k - 1 rounds end every chain.
+    for _ in range(k - 1):
+        if pending.size == 0:
+            return
+        trial = centers.copy()
+        trial[pending] = merge_closest_pair(centers[pending])
+        end2, n2, starved2 = _iterate(stepper, trial, max_iter, tol, runs=pending)
+        loglik2 = stepper.log_likelihood(trial[pending], pending)
+        before = loglik[pending]
+        kept = loglik2 >= before - _LOGLIK_SLACK * (1.0 + np.abs(before))
+
+        taken = pending[kept]
+        centers[taken] = trial[taken]
+        loglik[taken] = loglik2[kept]
+        n_iter[taken] += n2[taken]
+        starved[taken] |= starved2[taken]
+        # Converged or merging again: END_MERGING; out of budget: undecided.
+        end[taken] = np.where(end2[taken] == END_BUDGET, END_BUDGET, END_MERGING)
+
+        withdrawn = pending[~kept]
+        if withdrawn.size:
+            logger.debug("EM: %d merge calls withdrawn", withdrawn.size)
+            end3, n3, starved3 = _iterate(
+                stepper, centers, max_iter, tol, runs=withdrawn, merges=False
+            )
+            end[withdrawn] = end3[withdrawn]
+            n_iter[withdrawn] += n3[withdrawn]
+            starved[withdrawn] |= starved3[withdrawn]
+            loglik[withdrawn] = stepper.log_likelihood(centers[withdrawn], withdrawn)
+        pending = taken[end2[taken] == END_MERGING]
+
+
+def merge_closest_pair(centers: np.ndarray) -> np.ndarray:
+    """Each run's closest pair of distinct centers merged into one point.
+
+    Centers that are equal already form one group (an earlier merge): the
+    two groups of the closest pair of distinct positions all move to the mean
+    of their members.
+
+    Parameters
+    ----------
+    centers : np.ndarray
+        (b, k, d), k >= 2.
+
+    Returns
+    -------
+    np.ndarray
+        (b, k, d), a copy; a run whose centers are all equal is unchanged.
+    """
+    out = centers.copy()
+    rows, cols = np.triu_indices(centers.shape[1], 1)
+    dist = np.sum((centers[:, rows] - centers[:, cols]) ** 2, axis=2)  # (b, pairs)
+    dist[dist == 0] = np.inf
+    pair = np.argmin(dist, axis=1)
+    for b in np.flatnonzero(np.isfinite(dist[np.arange(len(centers)), pair])):
+        run = centers[b]
+        j, i = rows[pair[b]], cols[pair[b]]
+        group = np.all(run == run[j], axis=1) | np.all(run == run[i], axis=1)
+        out[b, group] = run[group].mean(axis=0)
+    return out
 
 
 def _compiled_rule():
@@ -399,7 +508,7 @@ class _ConvergenceMonitor:
     run never depend on the others.
     """
 
-    def __init__(self, n_runs: int, k: int, tol: float) -> None:
+    def __init__(self, n_runs: int, k: int, tol: float, merges: bool = True) -> None:
         self.tol = float(tol)
         self.k = k
         self.step_norm = np.full(n_runs, np.nan)
@@ -409,7 +518,8 @@ class _ConvergenceMonitor:
         self.pair_dist = np.full((n_runs, self.history_len), np.nan)
         self.pair = np.full(n_runs, -1, dtype=np.int64)
         self.approach = np.zeros(n_runs, dtype=np.int64)
-        self.block_slow = _MERGE_RHO_SLOW**_MERGE_BLOCK
+        # Without the merge test, a block ratio that no closing pair can reach.
+        self.block_slow = _MERGE_RHO_SLOW**_MERGE_BLOCK if merges else np.inf
         if k >= 2:
             rows, cols = np.triu_indices(k, 1)
             self.pair_rows, self.pair_cols = rows, cols
@@ -450,8 +560,11 @@ class _ConvergenceMonitor:
             return np.zeros(active.size, dtype=bool)
         diff = new[:, self.pair_rows, :] - new[:, self.pair_cols, :]
         dist = np.sqrt(np.sum(diff * diff, axis=2))  # (b, n_pairs)
+        # Equal centers (a pair merged already) stay equal: not a candidate.
+        dist[dist == 0] = np.inf
         pair = np.argmin(dist, axis=1)
         closest = dist[np.arange(active.size), pair]
+        pair[np.isinf(closest)] = -1
 
         slot = step % self.history_len
         last = self.pair_dist[active, (step - 1) % self.history_len]
@@ -563,9 +676,12 @@ class _NumpyStepper:
                 )
         return path, starved
 
-    def log_likelihood(self, centers: np.ndarray) -> np.ndarray:
-        """(B,) average log-likelihood at centers (B, k, d)."""
-        return _loglik_numpy(self.data, self.run_data, centers)
+    def log_likelihood(
+        self, centers: np.ndarray, runs: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(b,) average log-likelihood at centers (b, k, d) of ``runs`` (all)."""
+        run_data = self.run_data if runs is None else self.run_data[runs]
+        return _loglik_numpy(self.data, run_data, centers)
 
 
 def _groups(run_data: np.ndarray):

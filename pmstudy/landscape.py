@@ -36,10 +36,9 @@ there. Two limits count as one point, and a limit as the truth, within
 3e-3 for quasi-Monte Carlo (e ~ 3e-4; measured offsets from the truth were
 below e).
 
-Runs that end with a slow merge (`END_MERGING`) are carried to the merged
-point: the closest pair is replaced by its midpoint (population EM keeps two
-equal centers equal, the map being symmetric in them) and population EM
-continues from there before the polish.
+Runs that end with a slow merge (`END_MERGING`) have been carried to the merged
+point by `population_em` (the closest pair replaced by its midpoint, population
+EM going on from there) before the polish.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pmstudy.em import END_BUDGET, END_MERGING
+from pmstudy.em import END_BUDGET
 from pmstudy.errors import SpecError
 from pmstudy.population import (
     population_em,
@@ -96,7 +95,7 @@ class CriticalPoints:
     em_end : np.ndarray
         (B,) int8, how population EM ended (`pmstudy.em.END_*`).
     n_iter : np.ndarray
-        (B,) int64, population EM steps (both phases for merged runs).
+        (B,) int64, population EM steps (every phase kept, for merged runs).
     loglik_error : np.ndarray
         (B,) error estimate of loglik_gap.
     eig_tol : np.ndarray
@@ -160,16 +159,6 @@ def critical_point(
     method = res.method
     position_tol = np.maximum(_SAME_POINT, _POSITION_FACTOR * res.error)
 
-    merging = np.flatnonzero(end == END_MERGING)
-    if merging.size:
-        merged = _merge_closest_pair(centers[merging])
-        again = population_em(centers_true, merged, max_iter=max_iter, tol=tol)
-        centers[merging] = again.centers
-        n_iter[merging] += again.n_iter
-        position_tol[merging] = np.maximum(_SAME_POINT, _POSITION_FACTOR * again.error)
-        # The pair is merged now: a budget run-out there is still undecided.
-        end[merging] = np.where(again.end == END_BUDGET, END_BUDGET, END_MERGING)
-
     decided = np.flatnonzero(end != END_BUDGET)
     grad_norm = np.full(len(centers), np.nan)
     if decided.size:
@@ -201,23 +190,6 @@ def critical_point(
         position_tol=position_tol,
         method=method,
     )
-
-
-def _merge_closest_pair(centers: np.ndarray) -> np.ndarray:
-    """(b, k, d) with each run's closest pair replaced by its midpoint."""
-    out = centers.copy()
-    k = centers.shape[1]
-    for b in range(len(centers)):
-        best = None
-        for j, m in itertools.combinations(range(k), 2):
-            dist = np.linalg.norm(centers[b, j] - centers[b, m])
-            if best is None or dist < best[0]:
-                best = (dist, j, m)
-        _, j, m = best
-        mid = 0.5 * (centers[b, j] + centers[b, m])
-        out[b, j] = mid
-        out[b, m] = mid
-    return out
 
 
 def _newton_polish(

@@ -68,7 +68,7 @@ _ORACLE = ("m", "separation", "replicate")
 
 # name -> (dims, dtype, fill, description)
 CELL_VARIABLES: dict[str, tuple[tuple[str, ...], str, Any, str]] = {
-    "end": (_CELL, "i1", -1, "how EM ended: 0 converged, 1 slow merge, 2 budget"),
+    "end": (_CELL, "i1", -1, "how EM ended: 0 converged, 1 via a merge, 2 budget"),
     "n_iter": (_CELL, "i4", -1, "EM steps taken"),
     "loglik": (_CELL, "f8", math.nan, "average log-likelihood at the end"),
     "loglik_gap": (_CELL, "f8", math.nan, "best-known maximum minus loglik"),

@@ -51,19 +51,14 @@ def test_tighter_tol_changes_no_outcome(backend: str) -> None:
     # This setting produces both kinds, so both are exercised.
     assert np.any(loose.end == END_CONVERGED) and np.any(loose.end == END_MERGING)
 
-    # Converged runs: both are within about tol of the same fixed point, so
-    # they agree within 2 tol plus slack for the estimated contraction rate:
-    # 10 tol. Any matching tolerance an outcome code can use is far above
-    # that (a verdict compares fixed points that differ by O(1/sqrt(m))).
-    converged = loose.end == END_CONVERGED
+    # Every run ends at a fixed point (merged runs are carried to theirs):
+    # both are within about tol of the same fixed point, so they agree within
+    # 2 tol plus slack for the estimated contraction rate: 10 tol. Any
+    # matching tolerance an outcome code can use is far above that (a verdict
+    # compares fixed points that differ by O(1/sqrt(m))).
     gap = np.abs(loose.centers - tight.centers).max(axis=(2, 3))
-    assert gap[converged].max() <= 10 * tol
-    assert np.abs(loose.loglik - tight.loglik)[converged].max() <= 10 * tol**2 + 1e-12
-    # The merge test does not involve tol: those runs stop at the same step
-    # with the same centers.
-    merging = loose.end == END_MERGING
-    np.testing.assert_array_equal(loose.n_iter[merging], tight.n_iter[merging])
-    np.testing.assert_array_equal(loose.centers[merging], tight.centers[merging])
+    assert gap.max() <= 10 * tol
+    assert np.abs(loose.loglik - tight.loglik).max() <= 10 * tol**2 + 1e-12
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -98,19 +93,73 @@ def test_slow_merge_is_recognized_early(backend: str) -> None:
     np.testing.assert_array_equal(result.end, END_MERGING)
     assert result.n_iter.max() < 1000  # well before the budget
 
-    # Confirm it is a merge, independently: far more steps shrink the gap.
+    # Carried to the merged point: both centers at the sample mean (0), the
+    # one fixed point with the pair merged, exactly equal to each other.
+    mu = result.centers[0, :, :, 0]
+    np.testing.assert_array_equal(mu[:, 0], mu[:, 1])
+    assert np.abs(mu).max() <= 1e-8
+
+    # Confirm it is a merge, independently: plain EM from the same starts
+    # closes the gap, but at a sublinear pace (the relative closing per step
+    # falls as the gap falls; a linear approach keeps it constant).
     for s in range(2):
-        mu = result.centers[0, s, :, 0]
-        gap = abs(mu[1] - mu[0])
-        later = em_steps(data[0, :, 0], mu, 3000)
-        assert abs(later[1] - later[0]) < 0.5 * gap
-        # ...and at a sublinear pace: the relative closing per step falls
-        # as the gap falls (a linear approach keeps it constant).
-        rate_now = 1 - abs(em_steps(data[0, :, 0], mu, 1) @ [-1, 1]) / gap
-        rate_later = 1 - abs(em_steps(data[0, :, 0], later, 1) @ [-1, 1]) / abs(
-            later[1] - later[0]
-        )
+        before = em_steps(data[0, :, 0], init[0, s, :, 0], 300)
+        later = em_steps(data[0, :, 0], before, 3000)
+        gap, gap_later = abs(before[1] - before[0]), abs(later[1] - later[0])
+        assert gap_later < 0.5 * gap
+        rate_now = 1 - abs(em_steps(data[0, :, 0], before, 1) @ [-1, 1]) / gap
+        rate_later = 1 - abs(em_steps(data[0, :, 0], later, 1) @ [-1, 1]) / gap_later
         assert rate_later < rate_now
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_centers_merging_into_one_are_carried_in_two_rounds(
+    backend: str,
+) -> None:
+    # Sample variance exactly 1 in d = 1: the one fixed point near is all
+    # three centers at the mean. The first merge leaves an equal pair and a
+    # third center that then merges slowly too: a second round.
+    data = standardized_sample(80, 1.0, seed=3)
+    init = np.array([[[[-1.2], [0.1], [1.0]]]])
+    result = fit_em(data, init, max_iter=1_000_000, tol=1e-8, backend=backend)
+    assert result.end[0, 0] == END_MERGING
+    mu = result.centers[0, 0, :, 0]
+    assert np.abs(mu).max() <= 1e-6
+    assert result.n_iter[0, 0] < 5000
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_wrong_merge_call_is_withdrawn(backend: str) -> None:
+    # k = 2 in d = 2 on 200 points of a mixture with separation 0.1: the
+    # likelihood is nearly flat, and this start (found by a search over
+    # seeds; about one start in a hundred here) approaches the maximum, with
+    # the centers about 0.11 apart, so slowly and with two modes that the
+    # merge test fires on the way. The merged point's log-likelihood is below
+    # the one already reached, so EM cannot be heading there: the call is
+    # withdrawn and the run converges to the maximum, as plain EM does.
+    import pmstudy.em as em
+
+    rng = np.random.default_rng(360)
+    truth = np.array([[0.05, 0.0], [-0.05, 0.0]])
+    data = (truth[rng.integers(0, 2, 200)] + rng.standard_normal((200, 2)))[None]
+    init = rng.normal(scale=0.7, size=(1, 1, 2, 2))
+    # Without the check, the merge test alone stops the run.
+    stepper = em._make_stepper(data, 1, 2, backend)
+    start = init[0] - stepper.shift[:, None, :]
+    end, _, _ = em._iterate(stepper, start, 100_000, 1e-8)
+    assert end[0] == END_MERGING
+
+    result = fit_em(data, init, max_iter=100_000, tol=1e-8, backend=backend)
+    assert result.end[0, 0] == END_CONVERGED
+    x = data[0]
+    mu = init[0, 0].copy()
+    for _ in range(40_000):
+        logits = x @ mu.T - 0.5 * (mu**2).sum(axis=1)
+        w = np.exp(logits - logits.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        mu = (w.T @ x) / w.sum(axis=0)[:, None]
+    assert np.abs(result.centers[0, 0] - mu).max() <= 1e-6
+    assert np.linalg.norm(mu[0] - mu[1]) > 0.05
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -46,6 +46,31 @@ def test_slow_merge_ends_early():
     res = population_em(centers_true, start, max_iter=100000, tol=1e-10)
     assert res.end[0] == END_MERGING
     assert res.n_iter[0] < 1000
+    # Carried to the merged point: the pair on the far center is one point,
+    # a fixed point of population EM.
+    mu = np.sort(res.centers[0, :, 0])
+    assert mu[1] == mu[2]
+    step, err = population_step(centers_true, res.centers)
+    assert np.abs(step - res.centers).max() <= 1e-8 + err[0]
+
+
+def test_a_wrong_merge_call_is_withdrawn(monkeypatch):
+    # A merge test that fires as soon as its window is full, whatever the
+    # distances: the run (near the truth) is called merging, its merged point
+    # is far below it in log-likelihood, so the call is withdrawn and the run
+    # goes on from where it was, to the truth.
+    from pmstudy.population import iterate
+
+    def eager(dist, pair, step, tol):
+        return np.all(np.isfinite(dist), axis=1)
+
+    monkeypatch.setattr(iterate, "_merging", eager)
+    centers_true = 1.5 * TRIANGLE  # overlapping: about 100 steps from this start
+    start = (centers_true + 0.3)[None]
+    res = population_em(centers_true, start, max_iter=2000, tol=1e-10)
+    assert res.end[0] == END_CONVERGED
+    assert res.n_iter[0] > iterate._MERGE_WINDOW
+    np.testing.assert_allclose(res.centers[0], centers_true, atol=1e-8)
 
 
 def test_budget_ends_undecided():

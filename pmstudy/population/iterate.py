@@ -37,8 +37,17 @@ that D fell by less than 1% per step on average (slow), that the steps are
 those of the pair (at most twice the fall of D, plus ``tol``), and that the
 fall of D over the two halves of the window fits D_(n+1) - D_n ~ -c D_n^p
 with 1.5 <= p <= 6. A linear approach to a positive distance gives a far
-larger p, and a linear merge p = 1; both are left to the ordinary rule. The
-run then ends with `END_MERGING`, its centers where they are.
+larger p, and a linear merge p = 1; both are left to the ordinary rule.
+
+As for finite samples (`pmstudy.em`), the run is then carried to the point it
+merges into: the pair becomes its midpoint (the map is symmetric in two equal
+centers, so they stay equal), and population EM goes on from there, pairs
+already equal being left out of the merge test. The call is withdrawn, and
+population EM goes on from where the run was with the merge test off, if the
+merged fixed point's log-likelihood is below the run's by more than four times
+the two quadrature error estimates: EM never lowers the likelihood, so the run
+was not heading there. A carried run ends with `END_MERGING` at a fixed point;
+each phase gets the full ``max_iter``, and ``n_iter`` counts the phases kept.
 
 Runs that exhaust ``max_iter`` end with `END_BUDGET` ("undecided"), never with
 a guess.
@@ -51,7 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pmstudy.em import END_BUDGET, END_CONVERGED, END_MERGING
+from pmstudy.em import END_BUDGET, END_CONVERGED, END_MERGING, merge_closest_pair
 from pmstudy.errors import SpecError
 from pmstudy.population.core import DEFAULT_ACCURACY, Accuracy, check_centers, evaluate
 
@@ -105,7 +114,7 @@ def population_em(
     tol: float,
     accuracy: float = DEFAULT_ACCURACY,
 ) -> PopulationResult:
-    """Run population EM from a batch of starting points.
+    """Run population EM from a batch of starting points, merges carried.
 
     Parameters
     ----------
@@ -133,6 +142,81 @@ def population_em(
     if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
         raise SpecError("tol", tol, "a positive finite number")
 
+    res = _iterate(centers_true, centers, max_iter, tol, accuracy, merges=True)
+    k = centers.shape[1]
+    pending = np.flatnonzero(res.end == END_MERGING)
+    # Each round merges one more pair, so k - 1 rounds end every chain.
+    for _ in range(k - 1):
+        if pending.size == 0:
+            break
+        merged = merge_closest_pair(res.centers[pending])
+        again = _iterate(centers_true, merged, max_iter, tol, accuracy, merges=True)
+        slack = _NOISE_FACTOR * (again.loglik_error + res.loglik_error[pending])
+        kept = again.loglik >= res.loglik[pending] - slack
+        _take(res, pending[kept], again, kept)
+        # Converged or merging again: END_MERGING; out of budget: undecided.
+        res.end[pending[kept]] = np.where(
+            again.end[kept] == END_BUDGET, END_BUDGET, END_MERGING
+        )
+
+        withdrawn = pending[~kept]
+        if withdrawn.size:
+            logger.debug("population EM: %d merge calls withdrawn", withdrawn.size)
+            resumed = _iterate(
+                centers_true, res.centers[withdrawn], max_iter, tol, accuracy,
+                merges=False,
+            )  # fmt: skip
+            _take(res, withdrawn, resumed, np.ones(withdrawn.size, dtype=bool))
+        pending = pending[kept][again.end[kept] == END_MERGING]
+
+    method = Accuracy(error=res.error, nodes=res.nodes, rank=res.rank).describe()
+    logger.debug(
+        "population EM: %d runs, %d converged, %d merging, %d undecided",
+        len(res.end), int(np.sum(res.end == END_CONVERGED)),
+        int(np.sum(res.end == END_MERGING)), int(np.sum(res.end == END_BUDGET)),
+    )  # fmt: skip
+    return PopulationResult(
+        centers=res.centers,
+        loglik=res.loglik,
+        n_iter=res.n_iter,
+        end=res.end,
+        error=res.error,
+        method=method,
+    )
+
+
+@dataclass
+class _Phase:
+    """One phase of population EM for a batch: arrays (B, ...), updated in place."""
+
+    centers: np.ndarray
+    loglik: np.ndarray
+    loglik_error: np.ndarray
+    n_iter: np.ndarray
+    end: np.ndarray
+    error: np.ndarray
+    nodes: np.ndarray
+    rank: np.ndarray
+
+
+def _take(res: _Phase, runs: np.ndarray, other: _Phase, rows: np.ndarray) -> None:
+    """Rows ``rows`` of a later phase ``other`` become runs ``runs`` of ``res``;
+    their steps are added to those taken before."""
+    for name in ("centers", "loglik", "loglik_error", "end", "error", "nodes", "rank"):
+        getattr(res, name)[runs] = getattr(other, name)[rows]
+    res.n_iter[runs] += other.n_iter[rows]
+
+
+def _iterate(
+    centers_true: np.ndarray,
+    centers: np.ndarray,
+    max_iter: int,
+    tol: float,
+    accuracy: float,
+    merges: bool,
+) -> _Phase:
+    """Population EM steps until every run stops; the rule of the module
+    docstring, with the merge test only if ``merges``."""
     n_batch, k, _ = centers.shape
     mu = centers.copy()
     n_iter = np.zeros(n_batch, dtype=np.int64)
@@ -177,6 +261,8 @@ def population_em(
         pair_hist[active] = np.roll(pair_hist[active], -1, axis=1)
         pair_hist[active, -1] = pair
         merging = _merging(dist_hist[active], pair_hist[active], step, tol) & ~converged
+        if not merges:
+            merging[:] = False
 
         end[active[converged]] = END_CONVERGED
         end[active[merging]] = END_MERGING
@@ -184,20 +270,16 @@ def population_em(
         if active.size == 0:
             break
 
-    loglik, _ = evaluate("loglik", centers_true, mu, accuracy=accuracy)
-    method = Accuracy(error=error, nodes=nodes, rank=rank).describe()
-    logger.debug(
-        "population EM: %d runs, %d converged, %d merging, %d undecided",
-        n_batch, int(np.sum(end == END_CONVERGED)), int(np.sum(end == END_MERGING)),
-        int(np.sum(end == END_BUDGET)),
-    )  # fmt: skip
-    return PopulationResult(
+    loglik, loglik_acc = evaluate("loglik", centers_true, mu, accuracy=accuracy)
+    return _Phase(
         centers=mu,
         loglik=loglik,
+        loglik_error=np.broadcast_to(loglik_acc.error, loglik.shape).copy(),
         n_iter=n_iter,
         end=end,
         error=error,
-        method=method,
+        nodes=nodes,
+        rank=rank,
     )
 
 
@@ -207,7 +289,9 @@ def _closest_pair(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if k < 2:
         return np.full(n_batch, -1), np.full(n_batch, np.inf)
     dist = np.linalg.norm(mu[:, :, None, :] - mu[:, None, :, :], axis=3)
-    dist[:, np.arange(k), np.arange(k)] = np.inf
+    # A center with itself, and equal centers (a pair merged already, which
+    # stay equal), are not candidates.
+    dist[dist == 0] = np.inf
     flat = dist.reshape(n_batch, -1)
     idx = np.argmin(flat, axis=1)
     return idx, flat[np.arange(n_batch), idx]
