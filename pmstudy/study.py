@@ -94,6 +94,11 @@ MAX_K = 100
 # refused at load.
 MAX_TASK_BYTES = 8 * 2**30
 _TASK_DATA_COPIES = 4
+# Each of the block x (1 + schemes) runs of a task holds its k x d centers
+# many times over: start and end, the EM path of a chunk of steps (at least
+# nine points), the merge carry's trial copy, the outcome's work arrays. In
+# large d this, not the data, is what fills a worker.
+_TASK_CENTER_COPIES = 16
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,7 @@ def parse_spec(text: str, *, default_name: str = "study") -> Study:
     _check_task_size(ms, block, d, "grid.m")
 
     scheme_specs = _schemes(raw["schemes"], k, d)
+    _check_center_memory(block, len(scheme_specs), k, d)
 
     em = {**_EM_DEFAULTS, **_table(raw, "em", required=False)}
     _reject_unknown(em, set(_EM_DEFAULTS), "em.")
@@ -441,6 +447,32 @@ def _check_task_size(
         f"its block of data sets, block x m x d float64, about "
         f"{_TASK_DATA_COPIES} times, and must fit in "
         f"{MAX_TASK_BYTES / 2**30:g} GiB; a smaller `block` allows a larger m)",
+    )
+
+
+def _check_center_memory(block: int, n_schemes: int, k: int, d: int) -> None:
+    """Refuse a task whose runs' centers would not fit in `MAX_TASK_BYTES`."""
+    per_run = _TASK_CENTER_COPIES * k * d * 8
+    runs = block * (1 + n_schemes)
+    if runs * per_run <= MAX_TASK_BYTES:
+        return
+    limit = f"{MAX_TASK_BYTES / 2**30:g} GiB"
+    allowed = MAX_TASK_BYTES // (per_run * (1 + n_schemes))
+    if allowed >= 1:
+        raise SpecError(
+            "block",
+            block,
+            f"at most {allowed:,} with k = {k}, d = {d} and {n_schemes} scheme(s) "
+            f"(each of the block x (1 + schemes) runs of a task holds its k x d "
+            f"centers about {_TASK_CENTER_COPIES} times, within {limit})",
+        )
+    largest = MAX_TASK_BYTES // (_TASK_CENTER_COPIES * k * 8 * (1 + n_schemes))
+    raise SpecError(
+        "d",
+        d,
+        f"at most {largest:,} with k = {k} and {n_schemes} scheme(s) (the runs of "
+        f"one data set hold their k x d centers about {_TASK_CENTER_COPIES} "
+        f"times, within {limit})",
     )
 
 

@@ -170,6 +170,31 @@ def test_task_memory_bound_is_exact_and_block_is_the_knob():
     assert smaller.block == 2
 
 
+def _wide(d: int, block: int = 4) -> str:
+    """The tiny spec in d dimensions (centers on a line), m = 4, 5, given block."""
+    text = _edit('name = "points"\ncenters = [[0.0], [1.0], [4.0]]', 'name = "line"')
+    text = text.replace("d = 1\n", f"d = {d}\n").replace("m = [20, 60]", "m = [4, 5]")
+    return text.replace("block = 4", f"block = {block}")
+
+
+def test_task_memory_counts_the_centers_of_every_run_in_large_d():
+    # block x (1 + 3 schemes) runs, each holding k x d centers about 16 times:
+    # d = 10^7 passed the data check and filled a worker before.
+    per_run = 16 * 3 * 8
+    allowed_block = MAX_TASK_BYTES // (per_run * 2_000_000 * 4)
+    assert allowed_block >= 1
+    with pytest.raises(SpecError) as info:
+        parse_spec(_wide(2_000_000, block=allowed_block + 1))
+    assert info.value.field == "block"
+    assert f"at most {allowed_block:,} with k = 3, d = 2000000" in str(info.value)
+    assert parse_spec(_wide(2_000_000, block=allowed_block)).d == 2_000_000
+    # When not even one data set's runs fit, d itself is named.
+    largest = MAX_TASK_BYTES // (per_run * 4)
+    with pytest.raises(SpecError) as info:
+        parse_spec(_wide(largest + 1, block=1))
+    assert info.value.field == "d" and f"at most {largest:,}" in str(info.value)
+
+
 def test_proxy_size_is_bounded_like_m_when_m_is_infinite():
     allowed = MAX_TASK_BYTES // (4 * 4 * 1 * 8)
     text = _edit("m = [20, 60]", 'm = [20, "inf"]')
