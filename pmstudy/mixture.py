@@ -177,10 +177,12 @@ def _check_points(k: int, d: int, params: Mapping[str, Any]) -> dict:
     if not np.all(np.isfinite(points)):
         raise SpecError("layout.centers", raw, expected)
     if k > 1:
-        scale = float(np.max(np.abs(points)))
-        # Normalize first so that distances of huge coordinates do not overflow.
-        distances = pdist(points / scale) if scale > 0 else np.zeros(1)
-        if np.min(distances) == 0.0:
+        if len(np.unique(points, axis=0)) < k:
+            raise SpecError(
+                "layout.centers", raw, f"{k} distinct points (found duplicates)"
+            )
+        distances = _pairwise_distances(points)
+        if not np.all(distances > 0):  # distinct, but not apart in float64
             raise SpecError(
                 "layout.centers", raw, f"{k} distinct points (found duplicates)"
             )
@@ -193,6 +195,24 @@ def _check_points(k: int, d: int, params: Mapping[str, Any]) -> dict:
                 f"{_MAX_DISTANCE_RATIO:.0e} times the smallest (got {ratio:.3g})",
             )
     return {"centers": points.tolist()}
+
+
+def _pairwise_distances(points: np.ndarray) -> np.ndarray:
+    """Distances between all pairs of rows of (k, d) points, up to one common
+    factor, (k(k-1)/2,).
+
+    The points are scaled by their largest coordinate, so that no difference
+    overflows, and each difference by its own largest coordinate before it is
+    squared, so that a tiny one (1e-200) does not underflow: distinct points
+    get positive, finite distances, in the right ratios.
+    """
+    scaled = points / np.max(np.abs(points))
+    rows, cols = np.triu_indices(len(points), 1)
+    diff = scaled[rows] - scaled[cols]
+    big = np.max(np.abs(diff), axis=1)
+    with np.errstate(invalid="ignore"):  # 0/0 only for points not apart
+        unit = diff / big[:, None]
+    return np.where(big > 0, big * np.sqrt(np.sum(unit**2, axis=1)), 0.0)
 
 
 def _has_non_number(raw: Any) -> bool:

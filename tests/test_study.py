@@ -92,6 +92,26 @@ BAD_FIELDS = [
     ("m = [20, 60]", "m = [60, 20]", "grid.m", "strictly increasing"),
     ("m = [20, 60]", 'm = ["inf", 20]', "grid.m", '"inf" (if any) last'),
     ("m = [20, 60]", "m = [20, 20]", "grid.m", "without repeats"),
+    # Distinct points whose squared distances underflow or overflow were
+    # called duplicates.
+    (
+        "centers = [[0.0], [1.0], [4.0]]",
+        "centers = [[0.0], [1e-200], [1.0]]",
+        "layout.centers",
+        "times the smallest (got 1e+200)",
+    ),
+    (
+        "centers = [[0.0], [1.0], [4.0]]",
+        "centers = [[0.0], [1.0], [1e200]]",
+        "layout.centers",
+        "times the smallest (got 1e+200)",
+    ),
+    (
+        "centers = [[0.0], [1.0], [4.0]]",
+        "centers = [[0.0], [0.0], [1.0]]",
+        "layout.centers",
+        "distinct points (found duplicates)",
+    ),
     # One task would need terabytes: a MemoryError on every worker before.
     ("m = [20, 60]", "m = [20, 100_000_000_000]", "grid.m", "smaller `block`"),
     # The data would exceed what the schemes accept, on every worker before.
@@ -111,6 +131,13 @@ def test_each_bad_field_is_named(old, new, field, valid):
     assert info.value.field == field
     message = str(info.value)
     assert message.startswith(field + ":") and valid in message
+
+
+def test_points_far_apart_in_float64_are_accepted():
+    study = parse_spec(
+        _edit("centers = [[0.0], [1.0], [4.0]]", "centers = [[1e308], [-1e308], [0.0]]")
+    )
+    assert study.k == 3
 
 
 def test_simplex_needs_room():
