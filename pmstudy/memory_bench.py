@@ -61,6 +61,15 @@ def run_memory_bench(quick: bool = False) -> dict:
     """
     rows = []
     for case in QUICK if quick else FULL:
+        # A tiny fit first, so that the measured process loads the compiled
+        # kernels from numba's cache instead of compiling them (compilation
+        # alone can take 100 MB more than the fit).
+        warm = (case.k, case.d, 1000, 1, 1)
+        subprocess.run(
+            [sys.executable, "-m", "pmstudy.memory_bench", *map(str, warm)],
+            capture_output=True,
+            check=False,
+        )
         args = [str(v) for v in (case.k, case.d, case.m, case.starts, case.iterations)]
         done = subprocess.run(
             [sys.executable, "-m", "pmstudy.memory_bench", *args],

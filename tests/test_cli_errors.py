@@ -27,9 +27,14 @@ def _one_line_error(capsys, name: str) -> str:
         (["landscape", "--centers", "0;1e200;4"], "--centers"),
         (["landscape", "--centers", "0;;4"], "--centers"),
         (["landscape", "--centers", "0;2;8", "--separation", "1e300"], "--separation"),
+        # An unbounded repeat count ran for ever.
+        (["bench", "--quick", "--repeats", "100000000000000000000"], "--repeats"),
+        (["bench", "--quick", "--repeats", "0"], "--repeats"),
+        (["bench", "--quick", "--format", "xml"], "--format"),
+        (["bench", "--memory", "--population"], "--population"),
     ],
 )
-def test_landscape_option_errors(argv, name, capsys):
+def test_option_errors(argv, name, capsys):
     try:
         status = main(argv)
     except SystemExit as done:  # argparse's own errors
