@@ -117,8 +117,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     busy = (
-        f"; workers busy {100 * summary.utilization:.1f}% of "
-        f"{summary.run_seconds:.1f} s"
+        f" ({summary.run_seconds:.1f} s from the first block sent to the last "
+        f"written, workers busy {100 * summary.utilization:.1f}% of it)"
         if summary.tasks_run
         else ""
     )
