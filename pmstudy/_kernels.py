@@ -314,6 +314,7 @@ class NumbaStepper:
 
     def __init__(self, data: np.ndarray, n_starts: int, k: int) -> None:
         n_sets, _, d = data.shape
+        self.d = d
         self.chunk = CHUNK
         self.values_per_run = k * d
         self.run_data = np.repeat(np.arange(n_sets, dtype=np.int64), n_starts)
@@ -363,3 +364,7 @@ class NumbaStepper:
         """(b,) average log-likelihood at centers (b, k, d) of ``runs`` (all)."""
         run_data = self.run_data if runs is None else self.run_data[runs]
         return loglik_runs(self.layout_data, run_data, np.ascontiguousarray(centers))
+
+    def points(self, run: int) -> np.ndarray:
+        """(m, d) shifted data set of run ``run`` (a view of the layout)."""
+        return self.layout_data[self.run_data[run], : self.d].T

@@ -74,9 +74,18 @@ be heading to a point whose log-likelihood is below the one it already had. If
 the merged fixed point is below it (by more than rounding), the merge call was
 wrong (a slow approach to a nearby distinct fixed point can look like a merge
 for a while): it is withdrawn and EM goes on from where the run was, with the
-merge test off. A carried run ends with `END_MERGING` at a fixed point, which
-the outcome judges like any other; each phase gets the full budget
-``max_iter``, and ``n_iter`` counts the steps of every phase kept. The merged
+merge test off. The call is withdrawn too if the merged point is a saddle,
+which EM would leave by splitting the pair again. To second order, moving
+merged centers apart at p by delta changes the log-likelihood in proportion
+to delta^2 u' (C - I) u, where C is the covariance about p of the data
+weighted by the group's total responsibility and u the direction of the
+split: the merged point is a maximum across the pair only if every eigenvalue
+of C is at most 1 (1 + 1e-6 here, a margin for a point converged to ``tol``;
+a saddle that shallow has its split maximum within about 1e-3 of it).
+
+A carried run ends with `END_MERGING` at a fixed point, which the outcome
+judges like any other; each phase gets the full budget ``max_iter``, and
+``n_iter`` counts the steps of every phase kept. The merged
 point is reached under ``tol`` like any fixed point, so tightening ``tol`` does
 not change the end kind.
 
@@ -131,6 +140,9 @@ _MERGE_DRIFT_FRACTION = 0.25
 # A merged point may be below the run's log-likelihood by rounding only (the
 # average over m points loses a few ulp of its size).
 _LOGLIK_SLACK = 1e-12
+# A merged point is a saddle when the responsibility-weighted covariance of
+# its group exceeds 1 by more than this (see "Slow merging").
+_SPLIT_SLACK = 1e-6
 
 # Points per chunk in the NumPy path: bounds its temporaries, fixed so that the
 # order of every sum depends only on the run's own shape.
@@ -404,6 +416,13 @@ def _carry_merges(
         before = loglik[pending]
         kept = loglik2 >= before - _LOGLIK_SLACK * (1.0 + np.abs(before))
 
+        # A merged point that splitting would raise is a saddle: not the end.
+        done = kept & (end2[pending] == END_CONVERGED)
+        excess = np.zeros(pending.size)
+        for a in np.flatnonzero(done):
+            excess[a] = _split_excess(stepper.points(pending[a]), trial[pending[a]])
+        kept &= excess <= _SPLIT_SLACK
+
         taken = pending[kept]
         centers[taken] = trial[taken]
         loglik[taken] = loglik2[kept]
@@ -423,6 +442,44 @@ def _carry_merges(
             starved[withdrawn] |= starved3[withdrawn]
             loglik[withdrawn] = stepper.log_likelihood(centers[withdrawn], withdrawn)
         pending = taken[end2[taken] == END_MERGING]
+
+
+def _split_excess(x: np.ndarray, centers: np.ndarray) -> float:
+    """How far splitting a group of equal centers would raise the likelihood.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        (m, d) data (as the stepper holds them).
+    centers : np.ndarray
+        (k, d) centers with at least one group of equal ones.
+
+    Returns
+    -------
+    float
+        The largest, over groups, of lambda_max(C) - 1, C the covariance of the
+        data about the group's center weighted by the group's total
+        responsibility (see the module docstring); -inf without a group.
+    """
+    logits = x @ centers.T - 0.5 * np.sum(centers * centers, axis=1)
+    logits -= logits.max(axis=1, keepdims=True)
+    resp = np.exp(logits)
+    resp /= resp.sum(axis=1, keepdims=True)
+    worst = -np.inf
+    seen = np.zeros(len(centers), dtype=bool)
+    for j in range(len(centers)):
+        group = np.all(centers == centers[j], axis=1)
+        if seen[j] or group.sum() < 2:
+            continue
+        seen |= group
+        weight = resp[:, group].sum(axis=1)
+        total = weight.sum()
+        if total <= 0:
+            continue
+        y = x - centers[j]
+        cov = (y * weight[:, None]).T @ y / total
+        worst = max(worst, float(np.linalg.eigvalsh(cov)[-1]) - 1.0)
+    return worst
 
 
 def merge_closest_pair(centers: np.ndarray) -> np.ndarray:
@@ -682,6 +739,10 @@ class _NumpyStepper:
         """(b,) average log-likelihood at centers (b, k, d) of ``runs`` (all)."""
         run_data = self.run_data if runs is None else self.run_data[runs]
         return _loglik_numpy(self.data, run_data, centers)
+
+    def points(self, run: int) -> np.ndarray:
+        """(m, d) shifted data set of run ``run``."""
+        return self.data[self.run_data[run]]
 
 
 def _groups(run_data: np.ndarray):

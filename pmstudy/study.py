@@ -285,12 +285,12 @@ def parse_spec(text: str, *, default_name: str = "study") -> Study:
     grid = _table(raw, "grid")
     _reject_unknown(grid, {"separation", "m"}, "grid.")
     separations = _separations(grid)
+    scheme_specs = _schemes(raw["schemes"], k, d)
+    # Before anything of size k x d is built (the layout, below).
+    _check_center_memory(block, len(scheme_specs), k, d)
     _check_center_magnitude(seed, k, d, layout, layout_params, separations)
     ms = _sample_sizes(grid, k)
-    _check_task_size(ms, block, d, "grid.m")
-
-    scheme_specs = _schemes(raw["schemes"], k, d)
-    _check_center_memory(block, len(scheme_specs), k, d)
+    _check_task_size(ms, block, d, k, "grid.m")
 
     em = {**_EM_DEFAULTS, **_table(raw, "em", required=False)}
     _reject_unknown(em, set(_EM_DEFAULTS), "em.")
@@ -307,7 +307,7 @@ def parse_spec(text: str, *, default_name: str = "study") -> Study:
     proxy_size = _integer(population, "proxy_size", minimum=k + 1, prefix="population.")
     if any(math.isinf(m) for m in ms):
         # At m = inf each replicate draws a proxy sample of this size instead.
-        _check_task_size((float(proxy_size),), block, d, "population.proxy_size")
+        _check_task_size((float(proxy_size),), block, d, k, "population.proxy_size")
     same_init = population["same_init"]
     if not isinstance(same_init, bool):
         raise SpecError("population.same_init", same_init, "true or false")
@@ -432,7 +432,7 @@ def _sample_sizes(grid: Mapping[str, Any], k: int) -> tuple[float, ...]:
 
 
 def _check_task_size(
-    sizes: tuple[float, ...], block: int, d: int, field_name: str
+    sizes: tuple[float, ...], block: int, d: int, k: int, field_name: str
 ) -> None:
     """Refuse a sample size whose task would not fit in `MAX_TASK_BYTES`."""
     per_point = _TASK_DATA_COPIES * block * d * 8
@@ -440,13 +440,18 @@ def _check_task_size(
     if largest * per_point <= MAX_TASK_BYTES:
         return
     allowed = MAX_TASK_BYTES // per_point
+    knob = (
+        "a smaller `block` allows a larger m"
+        if allowed > k
+        else f"m must exceed k = {k}, so `block` or `d` must be smaller"
+    )
     raise SpecError(
         field_name,
         int(largest),
         f"at most {allowed:,} with block = {block} and d = {d} (one task holds "
         f"its block of data sets, block x m x d float64, about "
         f"{_TASK_DATA_COPIES} times, and must fit in "
-        f"{MAX_TASK_BYTES / 2**30:g} GiB; a smaller `block` allows a larger m)",
+        f"{MAX_TASK_BYTES / 2**30:g} GiB; {knob})",
     )
 
 

@@ -110,3 +110,18 @@ def test_bench_reports_documented_keys():
     assert default["actual_error"] <= default["estimated_error"]
     assert json.loads(format_population_bench(result, "json")) == result
     assert "ms/step" in format_population_bench(result, "table")
+
+
+def test_split_check_finds_the_saddle_of_a_merged_pair():
+    # Two true centers 4 apart, both estimates at their mean: the mixture's
+    # variance about it is 1 + 4 > 1, so splitting raises the population
+    # log-likelihood (curvature about 4 per unit split): a saddle. With the
+    # true centers 1e-4 apart the curvature (about 2.5e-9) is inside the
+    # error band, so the merged point counts as a maximum across the pair.
+    from pmstudy.population.iterate import _split_raises
+
+    far = _split_raises(np.array([[0.0], [4.0]]), np.array([[[2.0], [2.0]]]), 1e-12)
+    close = np.array([[0.0], [1e-4]])
+    near = _split_raises(close, np.array([[[5e-5], [5e-5]]]), 1e-12)
+    assert far.tolist() == [True]
+    assert near.tolist() == [False]

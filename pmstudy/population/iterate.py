@@ -46,8 +46,14 @@ already equal being left out of the merge test. The call is withdrawn, and
 population EM goes on from where the run was with the merge test off, if the
 merged fixed point's log-likelihood is below the run's by more than four times
 the two quadrature error estimates: EM never lowers the likelihood, so the run
-was not heading there. A carried run ends with `END_MERGING` at a fixed point;
-each phase gets the full ``max_iter``, and ``n_iter`` counts the phases kept.
+was not heading there. It is withdrawn too if the merged point is a saddle
+across the merged centers: if the population Hessian, restricted to the
+directions that split a group of equal centers about its mean, has an
+eigenvalue above its error band (100 k d times the Hessian's error estimate
+for the piecewise rule, k d times it for quasi-Monte Carlo, at least 1e-6),
+splitting raises the likelihood and EM would leave. A carried run ends with
+`END_MERGING` at a fixed point; each phase gets the full ``max_iter``, and
+``n_iter`` counts the phases kept.
 
 Runs that exhaust ``max_iter`` end with `END_BUDGET` ("undecided"), never with
 a guess.
@@ -72,6 +78,10 @@ _ROUND_FACTOR = 1024.0 * np.finfo(np.float64).eps
 _MERGE_WINDOW = 50
 _MERGE_SLOW = 0.01
 _MERGE_POWER = (1.5, 6.0)
+# The error band of a split's curvature, as the landscape's for eigenvalues.
+_SPLIT_BAND_PIECEWISE = 100.0
+_SPLIT_BAND_QMC = 1.0
+_SPLIT_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,9 @@ def population_em(
         again = _iterate(centers_true, merged, max_iter, tol, accuracy, merges=True)
         slack = _NOISE_FACTOR * (again.loglik_error + res.loglik_error[pending])
         kept = again.loglik >= res.loglik[pending] - slack
+        done = np.flatnonzero(kept & (again.end == END_CONVERGED))
+        if done.size:
+            kept[done] = ~_split_raises(centers_true, again.centers[done], accuracy)
         _take(res, pending[kept], again, kept)
         # Converged or merging again: END_MERGING; out of budget: undecided.
         res.end[pending[kept]] = np.where(
@@ -281,6 +294,36 @@ def _iterate(
         nodes=nodes,
         rank=rank,
     )
+
+
+def _split_raises(
+    centers_true: np.ndarray, centers: np.ndarray, accuracy: float
+) -> np.ndarray:
+    """(B,) whether splitting some group of equal centers raises the population
+    log-likelihood (a saddle across the group); centers (B, k, d)."""
+    hess, acc = evaluate("hessian", centers_true, centers, accuracy=accuracy)
+    n_batch, k, d = centers.shape
+    band = np.where(acc.rank >= 4, _SPLIT_BAND_QMC, _SPLIT_BAND_PIECEWISE)
+    margin = np.maximum(_SPLIT_FLOOR, band * k * d * acc.error)
+    out = np.zeros(n_batch, dtype=bool)
+    for b in range(n_batch):
+        basis = []
+        for j in range(k):
+            group = np.flatnonzero(np.all(centers[b] == centers[b, j], axis=1))
+            if group[0] != j or group.size < 2:
+                continue
+            # Moving one member against the first, coordinate by coordinate,
+            # spans every split of the group that keeps its mean.
+            for other in group[1:]:
+                for c in range(d):
+                    v = np.zeros((k, d))
+                    v[j, c], v[other, c] = 1.0, -1.0
+                    basis.append(v.ravel())
+        if basis:
+            q, _ = np.linalg.qr(np.array(basis).T)
+            curvature = np.linalg.eigvalsh(q.T @ hess[b] @ q)[-1]
+            out[b] = curvature > margin[b]
+    return out
 
 
 def _closest_pair(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
