@@ -411,7 +411,9 @@ def transition_rows(
     -------
     list of dict
         Keys ``separation``, ``scheme``, ``p_inf``, ``p_inf_lo``, ``p_inf_hi``
-        (None where the store has no m = inf or its cell has no data), and
+        and ``p_inf_undecided`` (the fraction of m = inf runs whose budget ran
+        out; all None where the store has no m = inf or its cell has no data),
+        and
         ``reach``: a list of ``{"level", "m", "status", "largest_m"}``, one per
         level (see `Reach`).
     """
@@ -432,6 +434,7 @@ def transition_rows(
                 "p_inf": limit["p"] if limit else None,
                 "p_inf_lo": limit["lo"] if limit else None,
                 "p_inf_hi": limit["hi"] if limit else None,
+                "p_inf_undecided": limit.get("undecided") if limit else None,
                 "reach": [
                     {
                         "level": r.level,

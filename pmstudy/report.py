@@ -86,15 +86,17 @@ def json_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The JSON report: one object per cell, as `pmstudy report --format json` prints.
 
     Each cell's object holds its own keys (see `pmstudy.analysis.cell_rows`),
-    then those of its (separation, scheme): ``p_inf``, ``p_inf_lo``, ``p_inf_hi``
-    and ``reach`` (see `pmstudy.analysis.transition_rows`). A list, as the
-    report has always been, so that readers of the first nine keys keep working.
+    then those of its (separation, scheme): ``p_inf``, ``p_inf_lo``,
+    ``p_inf_hi``, ``p_inf_undecided`` and ``reach`` (see
+    `pmstudy.analysis.transition_rows`). A list, as the report has always been,
+    so that readers of the first nine keys keep working.
     """
     transitions = {(t["separation"], t["scheme"]): t for t in summary["transitions"]}
     rows = []
     for cell in summary["cells"]:
         transition = transitions[(cell["separation"], cell["scheme"])]
-        extra = {k: transition[k] for k in ("p_inf", "p_inf_lo", "p_inf_hi", "reach")}
+        keys = ("p_inf", "p_inf_lo", "p_inf_hi", "p_inf_undecided", "reach")
+        extra = {k: transition[k] for k in keys}
         rows.append({**cell, **extra})
     return rows
 
@@ -122,6 +124,7 @@ def csv_columns(summary: Mapping[str, Any]) -> list[str]:
         "p_inf",
         "p_inf_lo",
         "p_inf_hi",
+        "p_inf_undecided",
         *(key for level in levels for key in (level, f"{level}_status")),
     ]
 
@@ -137,7 +140,7 @@ def _csv(summary: Mapping[str, Any]) -> str:
         for pattern in row["fails_by_structure"]:
             flat[_structure_key(pattern)] = pattern["count"]
         transition = transitions[(row["separation"], row["scheme"])]
-        for key in ("p_inf", "p_inf_lo", "p_inf_hi"):
+        for key in ("p_inf", "p_inf_lo", "p_inf_hi", "p_inf_undecided"):
             flat[key] = transition[key]
         for reach in transition["reach"]:
             flat[_level_key(reach["level"])] = reach["m"]
@@ -232,7 +235,8 @@ def _table(summary: Mapping[str, Any]) -> str:
             t["scheme"],
             "not in grid"
             if "inf" not in ms
-            else _p_text(t["p_inf"], t["p_inf_lo"], t["p_inf_hi"]),
+            else _p_text(t["p_inf"], t["p_inf_lo"], t["p_inf_hi"])
+            + (f" u={t['p_inf_undecided']:.2f}" if t["p_inf_undecided"] else ""),
             *(_reach_text(r) for r in t["reach"]),
         ]
         for t in summary["transitions"]

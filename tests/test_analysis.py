@@ -101,7 +101,7 @@ def synthetic_store(
             size=(n_schemes, size),
         )
         if math.isinf(task.m):
-            outcome = rng.choice([1, 0], p=[0.7, 0.3], size=(n_schemes, size))
+            outcome = rng.choice([1, 0, 2], p=[0.6, 0.3, 0.1], size=(n_schemes, size))
         if task.m == 20 and task.separation == 1.5:
             outcome[:] = 1
         if task.m == 60 and task.separation == 3.0:

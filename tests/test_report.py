@@ -73,7 +73,10 @@ def test_json_is_strict_and_equals_the_summary(ds, store_path, capsys):
         t = transitions[(row["separation"], row["scheme"])]
         assert row == {
             **cell,
-            **{k: t[k] for k in ("p_inf", "p_inf_lo", "p_inf_hi", "reach")},
+            **{
+                k: t[k]
+                for k in ("p_inf", "p_inf_lo", "p_inf_hi", "p_inf_undecided", "reach")
+            },
         }
     for row in parsed:
         c = counts[(str(row["m"]), f"{row['separation']:g}", row["scheme"])]
@@ -167,6 +170,9 @@ def test_table_numbers_equal_a_direct_computation(ds, store_path, capsys):
         c = counts[("inf", f"{t['separation']:g}", t["scheme"])]
         assert line.split()[:2] == [f"{t['separation']:g}", t["scheme"]]
         assert f"{c['succ'] / c['n']:.3f} [" in line
+        # Where P_inf's runs ran out of budget, the line says how many.
+        undecided = c["und"] / c["n"]
+        assert (f"u={undecided:.2f}" in line) == (undecided > 0)
         for reach in t["reach"]:
             if reach["status"] == "interpolated":
                 assert re.search(r"m = [\d,.]+", line)
