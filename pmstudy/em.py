@@ -121,6 +121,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pmstudy.errors import SpecError
+from pmstudy.projection import responsibilities
 
 logger = logging.getLogger(__name__)
 
@@ -461,10 +462,7 @@ def _split_excess(x: np.ndarray, centers: np.ndarray) -> float:
         data about the group's center weighted by the group's total
         responsibility (see the module docstring); -inf without a group.
     """
-    logits = x @ centers.T - 0.5 * np.sum(centers * centers, axis=1)
-    logits -= logits.max(axis=1, keepdims=True)
-    resp = np.exp(logits)
-    resp /= resp.sum(axis=1, keepdims=True)
+    resp = responsibilities(x, centers, np.zeros(len(centers)))  # (k, m)
     worst = -np.inf
     seen = np.zeros(len(centers), dtype=bool)
     for j in range(len(centers)):
@@ -472,7 +470,7 @@ def _split_excess(x: np.ndarray, centers: np.ndarray) -> float:
         if seen[j] or group.sum() < 2:
             continue
         seen |= group
-        weight = resp[:, group].sum(axis=1)
+        weight = resp[group].sum(axis=0)
         total = weight.sum()
         if total <= 0:
             continue

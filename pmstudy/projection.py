@@ -68,7 +68,7 @@ def principal_subspace(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]
     return mean, np.ascontiguousarray(basis)
 
 
-def _responsibilities(
+def responsibilities(
     x: np.ndarray, centers: np.ndarray, log_weights: np.ndarray
 ) -> np.ndarray:
     """Posterior component probabilities, (c, n), computed in log space.
@@ -124,7 +124,7 @@ def em_step(
     step = _block_rows(c)
     for start in range(0, m, step):
         block = x[start : start + step]
-        r = _responsibilities(block, centers, log_weights)
+        r = responsibilities(block, centers, log_weights)
         totals += r.sum(axis=1)
         sums += r @ block
     updated = centers.copy()
